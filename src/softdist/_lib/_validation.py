@@ -1,0 +1,86 @@
+"""Input checks shared by the public functions.
+
+Everything here reads metadata only (type, ndim, shape, dtype, device): no array values, so the checks
+cost nothing on a GPU, keep Dask lazy and work under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._compat import array_namespace, default_dtype, device, is_array_api_obj
+
+
+def _library_name(x: Any) -> str:
+    return type(x).__module__.split(".")[0]
+
+
+def namespace_of(named_arrays: dict[str, Any], xp: Any = None) -> Any:
+    """The array namespace shared by every non-None array in ``named_arrays``.
+
+    Raises a TypeError naming the argument when one is not an array, and when two come from different
+    libraries; a ValueError when two live on different devices.
+    """
+    present = {name: x for name, x in named_arrays.items() if x is not None}
+    for name, x in present.items():
+        if not is_array_api_obj(x):
+            raise TypeError(
+                f"{name} must be an array (NumPy, PyTorch, JAX, CuPy, Dask or any array API "
+                f"library); got {type(x).__module__}.{type(x).__qualname__}"
+            )
+    libraries = {name: _library_name(x) for name, x in present.items()}
+    if len(set(libraries.values())) > 1:
+        got = ", ".join(f"{name} from {lib}" for name, lib in libraries.items())
+        raise TypeError(f"all arrays must come from one array library; got {got}")
+    if xp is None:
+        xp = array_namespace(*present.values())
+    devices = {name: device(x) for name, x in present.items()}
+    first_name, first_device = next(iter(devices.items()))
+    for name, dev in devices.items():
+        if dev != first_device:
+            raise ValueError(
+                f"all arrays must be on one device; {first_name} is on {first_device!r} "
+                f"but {name} is on {dev!r}"
+            )
+    return xp
+
+
+def _is_known(n: Any) -> bool:
+    return n is not None and not (isinstance(n, float) and math.isnan(n))
+
+
+def check_matrix(name: str, x: Any, *, what: str = "(n_samples, n_features)") -> None:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array {what}; got shape {tuple(x.shape)}")
+
+
+def check_same_features(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    da, db = a.shape[1], b.shape[1]
+    if _is_known(da) and _is_known(db) and da != db:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same number of features (columns); "
+            f"{name_a} has shape {tuple(a.shape)} and {name_b} has shape {tuple(b.shape)}"
+        )
+
+
+def float_dtype_of(named_arrays: dict[str, Any], xp: Any) -> Any:
+    """The floating dtype the result is returned in.
+
+    Real floating inputs keep their (promoted) dtype; integer and boolean inputs use the namespace's
+    default real floating dtype, so integer arithmetic (uint8 pixels) never overflows. Complex: TypeError.
+    """
+    floats = []
+    for name, x in named_arrays.items():
+        if x is None:
+            continue
+        if xp.isdtype(x.dtype, "complex floating"):
+            raise TypeError(f"{name} must be real; complex dtype {x.dtype} is not supported")
+        if xp.isdtype(x.dtype, "real floating"):
+            floats.append(x.dtype)
+        elif not xp.isdtype(x.dtype, ("integral", "bool")):
+            raise TypeError(f"{name} must have a real numeric dtype; got {x.dtype}")
+    if floats:
+        return xp.result_type(*floats)
+    first = next(x for x in named_arrays.values() if x is not None)
+    return default_dtype(xp, "real floating", device=device(first))

@@ -1,0 +1,33 @@
+"""Testing helpers for softdist and for code built on it.
+
+- independent NumPy references (explicit differences in extended precision);
+- the backends every numeric test runs on, with skip reasons for the missing ones;
+- assertions that check namespace, device, dtype and shape before values.
+"""
+
+from ._assertions import assert_matches_reference, assert_same_kind
+from ._backends import (
+    BACKENDS,
+    CPU_BACKENDS,
+    GPU_BACKENDS,
+    Backend,
+    DaskComputeError,
+    backend_by_name,
+    enable_jax_x64,
+)
+from ._references import hard_datasets, reference_distances, reference_sqdist
+
+__all__ = [
+    "BACKENDS",
+    "CPU_BACKENDS",
+    "GPU_BACKENDS",
+    "Backend",
+    "DaskComputeError",
+    "assert_matches_reference",
+    "assert_same_kind",
+    "backend_by_name",
+    "enable_jax_x64",
+    "hard_datasets",
+    "reference_distances",
+    "reference_sqdist",
+]
