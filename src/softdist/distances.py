@@ -42,8 +42,8 @@ def _sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
     B = None if B is None else xp.astype(B, work, copy=False)
     if is_dask_namespace(xp):
         D = _backends.dask_pairwise_sqdist(A, B, dtype=work, xp=xp)
-    elif is_jax_namespace(xp) and _backends.is_jax_tracer(A):
-        D = _generic.pairwise_sqdist(A, B, xp=xp, refine=_backends.jax_refine_static)
+    elif is_jax_namespace(xp):
+        D = _backends.jax_pairwise_sqdist(A, B, xp=xp)
     elif is_numpy_namespace(xp):
         D = _generic.pairwise_sqdist(A, B, xp=xp, operands=_backends.numpy_augmented_operands)
     else:

@@ -44,15 +44,19 @@ def is_jax_tracer(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-# --- JAX under tracing (jit, grad, vmap) -----------------------------------------------------------
-# Why: the generic refinement needs data-dependent shapes (nonzero), which tracing forbids. Here the
-# flagged entries are found with a static-size nonzero: the first `budget` of them (row-major) are
-# recomputed, the rest keep the centred-expansion value. That is the documented, weaker jit bound.
-def jax_refine_static(D: Any, A: Any, B: Any, ra: Any, rb: Any, *, tau: float, xp: Any) -> Any:
+# --- JAX ----------------------------------------------------------------------------------------------
+# Why: the generic refinement needs data-dependent shapes (nonzero), which tracing forbids, and JAX's
+# eager mode compiles every operation anew for every new shape (seconds per call). Here the flagged
+# entries are found with a static-size nonzero: the first `budget` of them (row-major) are recomputed.
+# Under a user's jit/grad/vmap the budget is n + m and the rest keep the centred-expansion value (the
+# documented, weaker jit bound). Eagerly, one compiled function runs with budget n + m and, if more
+# entries were flagged, once more with a budget that covers them all: the full eager guarantee.
+def jax_refine_static(
+    D: Any, A: Any, B: Any, ra: Any, rb: Any, *, tau: float, xp: Any, budget: int, counts: list
+) -> Any:
     import jax.numpy as jnp
 
     n, m = D.shape
-    budget = min(n * m, n + m)
     flagged = D < tau * (ra[:, None] + rb[None, :])
     symmetric = A is B  # the generic caller passes A twice for B=None
     if symmetric:  # refine the upper triangle only, then mirror it, so the result stays symmetric
@@ -60,6 +64,8 @@ def jax_refine_static(D: Any, A: Any, B: Any, ra: Any, rb: Any, *, tau: float, x
         col = jnp.arange(m)[None, :]
         flagged = flagged & (row < col)
     flat_flagged = jnp.reshape(flagged, (-1,))
+    counts.append(jnp.sum(flat_flagged))
+    budget = min(budget, n * m)
     (idx,) = jnp.nonzero(flat_flagged, size=budget, fill_value=0)
     exact = _generic.direct_sqdist_pairs(A, B, idx // m, idx % m, xp=xp)
     flat = jnp.reshape(jnp.maximum(D, 0.0), (-1,))
@@ -67,6 +73,41 @@ def jax_refine_static(D: Any, A: Any, B: Any, ra: Any, rb: Any, *, tau: float, x
     D = jnp.reshape(flat, (n, m))
     if symmetric:
         D = jnp.where(row < col, D, D.T)
+    return D
+
+
+def _jax_sqdist_with_count(A: Any, B: Any | None, *, xp: Any, budget: int) -> tuple[Any, Any]:
+    counts: list = []
+
+    def refine(*args: Any, **kwargs: Any) -> Any:
+        return jax_refine_static(*args, **kwargs, budget=budget, counts=counts)
+
+    D = _generic.pairwise_sqdist(A, B, xp=xp, refine=refine)
+    return D, counts[0]
+
+
+_JAX_JITTED: dict[bool, Any] = {}
+
+
+def jax_pairwise_sqdist(A: Any, B: Any | None, *, xp: Any) -> Any:
+    n = A.shape[0]
+    m = n if B is None else B.shape[0]
+    if is_jax_tracer(A) or is_jax_tracer(B):
+        return _jax_sqdist_with_count(A, B, xp=xp, budget=n + m)[0]
+    import jax
+
+    symmetric = B is None
+    if symmetric not in _JAX_JITTED:
+        def run(A: Any, B: Any, budget: int) -> tuple[Any, Any]:
+            return _jax_sqdist_with_count(A, None if symmetric else B, xp=xp, budget=budget)
+
+        _JAX_JITTED[symmetric] = jax.jit(run, static_argnames="budget")
+    jitted = _JAX_JITTED[symmetric]
+    B_ = A if symmetric else B
+    D, count = jitted(A, B_, budget=n + m)
+    count = int(count)  # eager-only path: the size of the second pass depends on the data
+    if count > n + m:
+        D, _ = jitted(A, B_, budget=1 << (count - 1).bit_length())
     return D
 
 

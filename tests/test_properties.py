@@ -1,0 +1,98 @@
+"""hypothesis property tests: the invariants of squared Euclidean distances, on several backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import softdist
+from softdist.testing import Backend, backend_by_name
+
+# The fast eager backends; jit and Dask run the same code and are covered by test_distances.py.
+PROPERTY_BACKENDS = ["numpy", "strict-device1", "torch-cpu", "jax-cpu"]
+SETTINGS = settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
+
+
+@st.composite
+def matrix_pairs(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    n = draw(st.integers(1, 12))
+    m = draw(st.integers(1, 12))
+    d = draw(st.integers(1, 6))
+    A = draw(arrays(np.float64, (n, d), elements=finite))
+    B = draw(arrays(np.float64, (m, d), elements=finite))
+    return A, B
+
+
+def _sq(backend: Backend, A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
+    D = softdist.pairwise_sqdist(backend.asarray(A), None if B is None else backend.asarray(B))
+    return backend.to_numpy(D)
+
+
+def _close(x: np.ndarray, y: np.ndarray, scale: np.ndarray) -> None:
+    # Distances agree to float64 rounding of the data's scale (entries may be tiny against it).
+    np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12 * (1.0 + float(np.max(scale))))
+
+
+@pytest.fixture(params=PROPERTY_BACKENDS)
+def prop_backend(request: pytest.FixtureRequest) -> Backend:
+    b = backend_by_name(request.param)
+    reason = b.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return b
+
+
+@SETTINGS
+@given(pair=matrix_pairs(), shift=finite)
+def test_translation_invariance(prop_backend: Backend, pair, shift):
+    A, B = pair
+    base = _sq(prop_backend, A, B)
+    _close(_sq(prop_backend, A + shift, B + shift), base, np.abs(A).max() + abs(shift))
+
+
+@SETTINGS
+@given(pair=matrix_pairs(), data=st.data())
+def test_row_permutation_equivariance(prop_backend: Backend, pair, data):
+    A, B = pair
+    p = np.asarray(data.draw(st.permutations(range(A.shape[0]))), dtype=np.intp)
+    q = np.asarray(data.draw(st.permutations(range(B.shape[0]))), dtype=np.intp)
+    base = _sq(prop_backend, A, B)
+    _close(_sq(prop_backend, A[p], B[q]), base[p][:, q], base)
+
+
+@SETTINGS
+@given(pair=matrix_pairs())
+def test_symmetry_when_b_is_none(prop_backend: Backend, pair):
+    A, _ = pair
+    D = _sq(prop_backend, A)
+    np.testing.assert_array_equal(D, D.T)
+    assert np.all(np.diag(D) == 0)
+    assert np.all(D >= 0)
+
+
+@SETTINGS
+@given(pair=matrix_pairs(), power=st.integers(-8, 8), c=st.floats(0.1, 10.0))
+def test_scaling(prop_backend: Backend, pair, power, c):
+    A, B = pair
+    base = _sq(prop_backend, A, B)
+    # A power of two scales every rounding step exactly: bitwise equal.
+    s = 2.0**power
+    np.testing.assert_array_equal(_sq(prop_backend, A * s, B * s), base * s * s)
+    _close(_sq(prop_backend, A * c, B * c), base * c * c, base * c * c)
+
+
+@SETTINGS
+@given(pair=matrix_pairs(), pad=st.integers(1, 4))
+def test_zero_padding_features_changes_nothing(prop_backend: Backend, pair, pad):
+    A, B = pair
+    A_pad = np.concatenate([A, np.zeros((A.shape[0], pad))], axis=1)
+    B_pad = np.concatenate([B, np.zeros((B.shape[0], pad))], axis=1)
+    base = _sq(prop_backend, A, B)
+    _close(_sq(prop_backend, A_pad, B_pad), base, base)
