@@ -39,8 +39,10 @@ def main() -> None:
                 zeros_ok = np.all(got[~nz] == 0)
                 calib = expansion_error_ratio(A, B)
                 flag = "" if zeros_ok else "  NONZERO DUPLICATE"
-                print(f"{name:<24} {np.dtype(dtype).name:<8} {d:>5} {rel:>12.2e} {rel_naive:>14.2e} "
-                      f"{calib:>6.2f}{flag}")
+                print(
+                    f"{name:<24} {np.dtype(dtype).name:<8} {d:>5} {rel:>12.2e} {rel_naive:>14.2e} "
+                    f"{calib:>6.2f}{flag}"
+                )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from softdist.testing import Backend, assert_same_kind
 # One entry per public array function: how to build its arguments from NumPy inputs.
 CASES: dict[str, Callable[[np.random.Generator, str], tuple[tuple[np.ndarray, ...], dict]]] = {
     "pairwise_sqdist": lambda rng, dt: (
-        (rng.standard_normal((9, 4)).astype(dt), rng.standard_normal((7, 4)).astype(dt)), {}
+        (rng.standard_normal((9, 4)).astype(dt), rng.standard_normal((7, 4)).astype(dt)),
+        {},
     ),
     "pairwise_distances": lambda rng, dt: ((rng.standard_normal((9, 4)).astype(dt),), {}),
 }

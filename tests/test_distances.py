@@ -129,18 +129,14 @@ class TestPairwiseSqdist:
         A = backend.asarray(A_np)
         D = backend.call(softdist.pairwise_sqdist, A, backend.asarray(B_np))
         exact = reference_sqdist(A_np, B_np)
-        got = assert_matches_reference(
-            backend, D, exact, like=A, dtype=backend.dtype("float16"), rtol=2e-3
-        )
+        got = assert_matches_reference(backend, D, exact, like=A, dtype=backend.dtype("float16"), rtol=2e-3)
         assert np.all(np.isfinite(got))
 
     @pytest.mark.parametrize(("n", "m", "d"), [(0, 4, 3), (4, 0, 3), (0, 0, 3), (3, 4, 0)])
     def test_empty_inputs(self, backend: Backend, n: int, m: int, d: int):
         A = backend.asarray(np.ones((n, d)))
         D = backend.call(softdist.pairwise_sqdist, A, backend.asarray(np.ones((m, d))))
-        assert_matches_reference(
-            backend, D, np.zeros((n, m)), like=A, dtype=backend.dtype("float64"), rtol=0
-        )
+        assert_matches_reference(backend, D, np.zeros((n, m)), like=A, dtype=backend.dtype("float64"), rtol=0)
 
     def test_nan_row_only_poisons_its_own_entries(self, backend: Backend, rng: np.random.Generator):
         A_np = rng.standard_normal((6, 3)) + 100
@@ -151,8 +147,9 @@ class TestPairwiseSqdist:
         got = backend.to_numpy(D)
         assert np.all(np.isnan(got[:, 2]))
         rest = np.delete(got, 2, axis=1)
-        np.testing.assert_allclose(rest, np.delete(reference_sqdist(A_np, B_np), 2, axis=1),
-                                   rtol=RTOL["float64"])
+        np.testing.assert_allclose(
+            rest, np.delete(reference_sqdist(A_np, B_np), 2, axis=1), rtol=RTOL["float64"]
+        )
         if not backend.jit:
             assert got[1, 3] == 0
 
@@ -163,9 +160,7 @@ class TestPairwiseSqdist:
         D = softdist.pairwise_sqdist(A, B)
         assert isinstance(D, da.Array)
         assert D.chunks == ((10,) * 4, (15,) * 2)
-        np.testing.assert_allclose(
-            D.compute(), reference_sqdist(A.compute(), B.compute()), rtol=1e-10
-        )
+        np.testing.assert_allclose(D.compute(), reference_sqdist(A.compute(), B.compute()), rtol=1e-10)
 
 
 class TestPairwiseDistances:
@@ -182,8 +177,7 @@ class TestPairwiseDistances:
 
     def test_torch_gradient_is_zero_not_nan_at_zero_distance(self):
         torch = pytest.importorskip("torch")
-        A = torch.tensor([[1.0, 2.0], [1.0, 2.0], [4.0, 6.0]], dtype=torch.float64,
-                         requires_grad=True)
+        A = torch.tensor([[1.0, 2.0], [1.0, 2.0], [4.0, 6.0]], dtype=torch.float64, requires_grad=True)
         softdist.pairwise_distances(A).sum().backward()
         # Autograd on the direct-difference formula, with the zero-distance terms masked out.
         B = A.detach().clone().requires_grad_(True)
@@ -224,7 +218,7 @@ class TestBadInput:
             softdist.pairwise_sqdist(np.ones((2, 2), dtype=np.complex128))
 
     def test_not_an_array(self):
-        with pytest.raises(TypeError, match="A must be an array .*got builtins.list"):
+        with pytest.raises(TypeError, match=r"A must be an array .*got builtins.list"):
             softdist.pairwise_sqdist([[1.0, 2.0]])
 
     def test_two_libraries(self):
@@ -236,5 +230,5 @@ class TestBadInput:
         xps = pytest.importorskip("array_api_strict")
         A = xps.ones((2, 2))
         B = xps.ones((2, 2), device=xps.Device("device1"))
-        with pytest.raises(ValueError, match="one device; A is on .* but B is on"):
+        with pytest.raises(ValueError, match=r"one device; A is on .* but B is on"):
             softdist.pairwise_sqdist(A, B)

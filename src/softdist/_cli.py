@@ -1,4 +1,4 @@
-"""``softdist`` / ``python -m softdist``: run the distances on every installed backend and compare with NumPy."""
+"""`softdist` / `python -m softdist`: distances on every installed backend, checked against NumPy."""
 
 from __future__ import annotations
 

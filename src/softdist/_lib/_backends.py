@@ -18,14 +18,13 @@ from ._compat import array_namespace
 # at n = m = 4000, d = 256 (benchmarks/bench_distances.py). Same arithmetic as
 # softdist._agnostic.distances.augmented_operands.
 def numpy_augmented_operands(A: Any, B: Any, mean: Any, *, xp: Any) -> tuple[Any, Any, Any, Any]:
-    import numpy as np
-
+    # xp is array_api_compat.numpy, whose ufuncs are NumPy's own (with `out=`): no NumPy import here.
     def augmented(X: Any, scale: float, norms_first: bool) -> tuple[Any, Any]:
         n, d = X.shape
-        out = np.empty((n, d + 2), dtype=X.dtype)
+        out = xp.empty((n, d + 2), dtype=X.dtype)
         centred = out[:, :d]
-        np.subtract(X, mean, out=centred)
-        norms = np.einsum("ij,ij->i", centred, centred)
+        xp.subtract(X, mean, out=centred)
+        norms = xp.einsum("ij,ij->i", centred, centred)
         if scale != 1.0:
             centred *= scale
         out[:, d], out[:, d + 1] = (norms, 1) if norms_first else (1, norms)
@@ -98,6 +97,7 @@ def jax_pairwise_sqdist(A: Any, B: Any | None, *, xp: Any) -> Any:
 
     symmetric = B is None
     if symmetric not in _JAX_JITTED:
+
         def run(A: Any, B: Any, budget: int) -> tuple[Any, Any]:
             return _jax_sqdist_with_count(A, None if symmetric else B, xp=xp, budget=budget)
 

@@ -15,9 +15,7 @@ def assert_same_kind(actual: Any, like: Any, *, dtype: Any = None, what: str = "
 
     got_xp, want_xp = array_namespace(actual), array_namespace(like)
     assert got_xp is want_xp, f"{what} is from {got_xp.__name__}, expected {want_xp.__name__}"
-    assert device(actual) == device(like), (
-        f"{what} is on {device(actual)!r}, expected {device(like)!r}"
-    )
+    assert device(actual) == device(like), f"{what} is on {device(actual)!r}, expected {device(like)!r}"
     if dtype is not None:
         assert actual.dtype == dtype, f"{what} has dtype {actual.dtype}, expected {dtype}"
 
@@ -37,9 +35,7 @@ def assert_matches_reference(
     Returns ``actual`` as NumPy for further checks.
     """
     assert_same_kind(actual, like, dtype=dtype)
-    assert tuple(actual.shape) == expected.shape, (
-        f"shape {tuple(actual.shape)}, expected {expected.shape}"
-    )
+    assert tuple(actual.shape) == expected.shape, f"shape {tuple(actual.shape)}, expected {expected.shape}"
     got = backend.to_numpy(actual)
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=rtol, atol=atol)
     return got

@@ -1,0 +1,63 @@
+"""nox sessions: `nox -s tests_all` is what CI runs (see .ci/run)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "tests_all"]
+
+# The CPU build of PyTorch; a bare `torch` requirement pulls a multi-GB CUDA build.
+TORCH_CPU = "torch==2.13.0"
+
+
+def _pytest(session: nox.Session, *extra: str) -> None:
+    session.run("python", "-m", "pytest", *extra, *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """NumPy and array-api-strict (other backends skip with a reason)."""
+    session.install("-e", ".[test]")
+    _pytest(session)
+
+
+@nox.session
+def torch(session: nox.Session) -> None:
+    session.install(TORCH_CPU)
+    session.install("-e", ".[test,torch]")
+    _pytest(session, "-k", "torch or numpy or strict")
+
+
+@nox.session
+def jax(session: nox.Session) -> None:
+    session.install("-e", ".[test,jax]")
+    _pytest(session, "-k", "jax or numpy or strict")
+
+
+@nox.session
+def dask(session: nox.Session) -> None:
+    session.install("-e", ".[test,dask]")
+    _pytest(session, "-k", "dask or numpy or strict")
+
+
+@nox.session
+def tests_all(session: nox.Session) -> None:
+    """Every CPU backend: NumPy, array-api-strict, torch, JAX (eager and jit), Dask."""
+    session.install(TORCH_CPU)
+    session.install("-e", ".[test,torch,jax,dask]")
+    _pytest(session)
+
+
+@nox.session
+def tests_gpu(session: nox.Session) -> None:
+    """CuPy, torch CUDA and JAX GPU; every GPU test skips cleanly without a CUDA device."""
+    session.install("-e", ".[test,cupy]")
+    _pytest(session, "-k", "cuda or gpu")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
