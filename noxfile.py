@@ -22,23 +22,27 @@ def tests(session: nox.Session) -> None:
     _pytest(session)
 
 
+def _one_backend(session: nox.Session, extra: str, *pre: str) -> None:
+    """NumPy, array-api-strict and one more backend (the rest skip with a reason)."""
+    if pre:
+        session.install(*pre)
+    session.install("-e", f".[test,{extra}]")
+    _pytest(session, "-k", f"{extra} or numpy or strict")
+
+
 @nox.session
 def torch(session: nox.Session) -> None:
-    session.install(TORCH_CPU)
-    session.install("-e", ".[test,torch]")
-    _pytest(session, "-k", "torch or numpy or strict")
+    _one_backend(session, "torch", TORCH_CPU)
 
 
 @nox.session
 def jax(session: nox.Session) -> None:
-    session.install("-e", ".[test,jax]")
-    _pytest(session, "-k", "jax or numpy or strict")
+    _one_backend(session, "jax")
 
 
 @nox.session
 def dask(session: nox.Session) -> None:
-    session.install("-e", ".[test,dask]")
-    _pytest(session, "-k", "dask or numpy or strict")
+    _one_backend(session, "dask")
 
 
 @nox.session
