@@ -13,11 +13,19 @@ from softdist.testing import Backend, backend_by_name
 
 # The fast eager backends; jit and Dask run the same code and are covered by test_distances.py.
 PROPERTY_BACKENDS = ["numpy", "strict-device1", "torch-cpu", "jax-cpu"]
+# derandomize: CI must not turn red on a new random example; run locally with --hypothesis-seed to explore.
 SETTINGS = settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
-finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
+# Magnitudes under 1e-6 are flushed to 0: their squares would be subnormal, where scaling by a power of
+# two is no longer exact (a property of floating point, not of the library).
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64).map(
+    lambda x: 0.0 if abs(x) < 1e-6 else x
+)
 
 
 @st.composite
