@@ -15,12 +15,13 @@ from ._backends import (
     backend_by_name,
     enable_jax_x64,
 )
-from ._references import hard_datasets, reference_distances, reference_sqdist
+from ._references import SQDIST_RTOL, hard_datasets, reference_distances, reference_sqdist
 
 __all__ = [
     "BACKENDS",
     "CPU_BACKENDS",
     "GPU_BACKENDS",
+    "SQDIST_RTOL",
     "Backend",
     "DaskComputeError",
     "assert_matches_reference",
