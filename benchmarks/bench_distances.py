@@ -14,11 +14,11 @@ import argparse
 import json
 import os
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _timing import timed  # benchmarks/ is the script directory
 
 import softdist
 from softdist.testing import reference_sqdist
@@ -34,18 +34,6 @@ def _naive_generic(xp):
         return na[:, None] + nb[None, :] - 2 * (A @ B.T)
 
     return run
-
-
-def _timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for f in fns.values():  # warm-up (allocator, thread pools, JIT caches)
-        f()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, f in fns.items():
-            start = time.perf_counter()
-            f()
-            samples[name].append(time.perf_counter() - start)
-    return {k: float(np.median(v)) for k, v in samples.items()}
 
 
 def _accuracy(name: str, fn, A: np.ndarray, B: np.ndarray, to_numpy) -> float:
@@ -85,7 +73,7 @@ def bench_case(n: int, d: int, repeats: int, slow_peers: bool) -> list[dict]:
         from scipy.spatial.distance import cdist
 
         methods["scipy cdist(sqeuclidean)"] = lambda a, b: cdist(a, b, "sqeuclidean")
-    times = _timed({k: (lambda f=f: f(A, B)) for k, f in methods.items()}, repeats)
+    times = timed({k: (lambda f=f: f(A, B)) for k, f in methods.items()}, repeats)
     for name, f in methods.items():
         rows.append(_row("numpy", name, n, d, times[name], times["A @ B.T (bound)"],
                          _accuracy(name, f, A, B, np.asarray)))  # fmt: skip
@@ -101,7 +89,7 @@ def bench_case(n: int, d: int, repeats: int, slow_peers: bool) -> list[dict]:
         "softdist.pairwise_sqdist(A) (B=None)": lambda a, b: softdist.pairwise_sqdist(a),
         "torch.cdist(...)**2": lambda a, b: torch.cdist(a, b) ** 2,
     }
-    times = _timed({k: (lambda f=f: f(tA, tB)) for k, f in tmethods.items()}, repeats)
+    times = timed({k: (lambda f=f: f(tA, tB)) for k, f in tmethods.items()}, repeats)
     for name, f in tmethods.items():
         acc = _accuracy(name, lambda a, b, f=f: f(torch.from_numpy(a), torch.from_numpy(b)), A, B,
                         lambda t: t.numpy())  # fmt: skip

@@ -19,6 +19,18 @@ CASES: dict[str, Callable[[np.random.Generator, str], tuple[tuple[np.ndarray, ..
         {},
     ),
     "pairwise_distances": lambda rng, dt: ((rng.standard_normal((9, 4)).astype(dt),), {}),
+    "softmax_cross_entropy": lambda rng, dt: (
+        (rng.standard_normal((9, 4)).astype(dt), rng.integers(0, 4, 9)),
+        {"label_smoothing": 0.1},
+    ),
+    "softmax_cross_entropy_and_grad": lambda rng, dt: (
+        (rng.standard_normal((9, 4)).astype(dt), rng.integers(0, 4, 9)),
+        {},
+    ),
+    "softmax_loss": lambda rng, dt: (
+        (rng.standard_normal((3, 4)).astype(dt), rng.standard_normal((9, 3)).astype(dt), rng.integers(0, 4, 9)),
+        {"reg": 0.1},
+    ),
 }
 NOT_ARRAY_FUNCTIONS = {"__version__"}
 

@@ -1,6 +1,14 @@
 """softdist: softmax cross-entropy and pairwise distances, written once against the array API standard."""
 
 from .distances import pairwise_distances, pairwise_sqdist
+from .softmax import softmax_cross_entropy, softmax_cross_entropy_and_grad, softmax_loss
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "pairwise_distances", "pairwise_sqdist"]
+__all__ = [
+    "__version__",
+    "pairwise_distances",
+    "pairwise_sqdist",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_and_grad",
+    "softmax_loss",
+]

@@ -12,7 +12,7 @@ from ._lib._compat import (
     is_jax_namespace,
     is_numpy_namespace,
 )
-from ._lib._validation import check_matrix, check_same_features, float_dtype_of, namespace_of
+from ._lib._validation import check_matrix, check_same_features, float_dtype_of, namespace_of, working_dtype
 
 __all__ = ["pairwise_distances", "pairwise_sqdist"]
 
@@ -27,17 +27,12 @@ def _validated(A: Any, B: Any | None, xp: Any) -> tuple[Any, Any, Any, Any]:
     return xp, dtype, A, B
 
 
-def _compute_dtype(dtype: Any, xp: Any) -> Any:
-    # Half precision (float16/bfloat16) squares overflow at 6.5e4: compute in float32, return the input dtype.
-    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
-
-
 def _sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
     n = A.shape[0]
     m = n if B is None else B.shape[0]
     if n == 0 or m == 0 or A.shape[1] == 0:
         return xp.zeros((n, m), dtype=dtype, device=device(A))
-    work = _compute_dtype(dtype, xp)
+    work = working_dtype(dtype, xp)
     A = xp.astype(A, work, copy=False)
     B = None if B is None else xp.astype(B, work, copy=False)
     if is_dask_namespace(xp):

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 from .._agnostic import distances as _generic
-from ._compat import array_namespace
+from .._agnostic import softmax as _softmax
+from ._compat import array_namespace, at, device, is_numpy_namespace
 
 
 # --- NumPy: build the augmented GEMM operands in place -----------------------------------------------
@@ -139,3 +143,94 @@ def dask_pairwise_sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
         # entries were recomputed by direct differences (A_i - A_i), hence are exactly zero already.
         D = _generic.symmetrize(D, xp=xp)
     return D
+
+
+# --- Softmax cross-entropy: NumPy and PyTorch on the CPU -------------------------------------------------
+# Why: the generic kernel makes ~7 passes over the (n, C) scores (max, subtract, exp, sum, scale, one-hot
+# mask, select). Here, on scores we own, exp runs in place WITHOUT the max shift, the row sums are a
+# matrix-vector product, and the one-hot term is a scatter of n values: 3 passes. Rows where the
+# unshifted exponentials could be inaccurate (sum overflowed, underflowed, or any NaN/inf) are recomputed
+# by the generic kernel, so the result is the generic one (tests/test_backend_paths.py). The loss uses
+# log(sum_k exp(z_k) * exp(-z_y)), as accurate as the shifted form. With the cache-sized row blocks of
+# softmax_loss this is 1.15x -> 1.06-1.10x the two matrix products (benchmarks/bench_softmax.py).
+def eager_cpu_fast_path_applies(arrays: list[Any], *, xp: Any) -> bool:
+    """NumPy, or PyTorch on the CPU outside autograd (in-place ops would break a recorded graph)."""
+    if is_numpy_namespace(xp):
+        return True
+    import torch
+
+    present = [a for a in arrays if a is not None]
+    return all(isinstance(a, torch.Tensor) and a.device.type == "cpu" and not a.requires_grad for a in present)
+
+
+@contextlib.contextmanager
+def _quiet(xp: Any) -> Iterator[None]:
+    # Overflow and NaN are expected (and repaired) here; NumPy would warn about each.
+    if is_numpy_namespace(xp):
+        with xp.errstate(all="ignore"):
+            yield
+    else:
+        yield
+
+
+def scatter_subtract(G: Any, labels: Any, values: Any, *, xp: Any) -> Any:
+    """G[i, labels[i]] -= values[i] by scatter (NumPy, PyTorch, CuPy, JAX): n writes instead of a mask
+    pass over G. G must be a temporary of ours (modified in place where the library allows)."""
+    rows = xp.arange(G.shape[0], device=device(G))
+    return at(G, (rows, labels)).subtract(values)
+
+
+def eager_cpu_block(
+    z: Any,
+    terms: _softmax.RowTerms,
+    *,
+    want_grad: bool,
+    xp: Any,
+    recompute: Callable[[Any], Any] | None = None,
+) -> tuple[Any, Any | None]:
+    """The generic block kernel's result, computed in place on ``z`` when ``recompute`` is given (the
+    scores are ours and can be recomputed for the rows that need repair); else into a new array."""
+    if terms.soft is not None or terms.beta is not None:
+        return _softmax.block_loss_and_grad(z, terms, want_grad=want_grad, xp=xp, scatter=scatter_subtract)
+    n, C = z.shape
+    flat = xp.arange(n, device=device(z)) * C + terms.labels
+    z_y = xp.take(xp.reshape(z, (-1,)), flat)
+    original = z if recompute is None else None
+    e = xp.empty(z.shape, dtype=z.dtype, device=device(z)) if recompute is None else z
+    with _quiet(xp):
+        xp.exp(z, out=e)
+        s = e @ xp.ones(C, dtype=z.dtype, device=device(z))
+        ratio = s * xp.exp(-z_y)  # sum_k exp(z_k - z_y) >= 1 for a usable row
+        lowest = xp.finfo(z.dtype).smallest_normal ** 0.5
+        usable = (s >= lowest) & (ratio < xp.inf)  # False for NaN too
+        loss = terms.gamma * xp.log(ratio)
+        if want_grad:
+            e *= (terms.gamma / s)[:, None]
+            e_flat = xp.reshape(e, (-1,))
+            e_flat[flat] -= terms.alpha
+        if not bool(xp.all(usable)):  # eager CPU only: reading this flag costs no device sync
+            (bad,) = xp.nonzero(~usable)
+            z_bad = recompute(bad) if recompute is not None else xp.take(original, bad, axis=0)
+            loss_bad, G_bad = _softmax.block_loss_and_grad(
+                z_bad, terms.take(bad, xp), want_grad=want_grad, xp=xp, scatter=scatter_subtract
+            )
+            loss[bad] = loss_bad
+            if want_grad:
+                e[bad, ...] = G_bad
+    return loss, (e if want_grad else None)
+
+
+def eager_cpu_scores(chunk_rows: int, n_classes: int, *, xp: Any) -> Callable[[Any, Any, Any | None], Any]:
+    """Scores X_c @ W (+ b) written into one reused buffer: no fresh pages per block."""
+    buffer: list[Any] = []
+
+    def scores(Xc: Any, W: Any, b: Any | None) -> Any:
+        if not buffer:
+            buffer.append(xp.empty((chunk_rows, n_classes), dtype=W.dtype, device=device(W)))
+        z = buffer[0][: Xc.shape[0], ...]
+        xp.matmul(Xc, W, out=z)
+        if b is not None:
+            z += b
+        return z
+
+    return scores

@@ -13,7 +13,8 @@ from ._compat import array_namespace, default_dtype, device, is_array_api_obj
 
 
 def _library_name(x: Any) -> str:
-    return type(x).__module__.split(".")[0]
+    name = type(x).__module__.split(".")[0]
+    return "jax" if name == "jaxlib" else name  # concrete JAX arrays live in jaxlib, tracers in jax
 
 
 def namespace_of(named_arrays: dict[str, Any], xp: Any = None) -> Any:
@@ -35,7 +36,10 @@ def namespace_of(named_arrays: dict[str, Any], xp: Any = None) -> Any:
         raise TypeError(f"all arrays must come from one array library; got {got}")
     if xp is None:
         xp = array_namespace(*present.values())
-    devices = {name: device(x) for name, x in present.items()}
+    # A device of None (a JAX tracer) is unknown, not different.
+    devices = {name: dev for name, x in present.items() if (dev := device(x)) is not None}
+    if not devices:
+        return xp
     first_name, first_device = next(iter(devices.items()))
     for name, dev in devices.items():
         if dev != first_device:
@@ -84,3 +88,14 @@ def float_dtype_of(named_arrays: dict[str, Any], xp: Any) -> Any:
         return xp.result_type(*floats)
     first = next(x for x in named_arrays.values() if x is not None)
     return default_dtype(xp, "real floating", device=device(first))
+
+
+def working_dtype(dtype: Any, xp: Any) -> Any:
+    """The dtype arithmetic runs in: half precision (float16, bfloat16) computes in float32, where squares
+    and sums of exponentials do not overflow at 6.5e4; results are cast back to ``dtype``."""
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+
+
+def check_vector(name: str, x: Any, length: Any, what: str) -> None:
+    if x.ndim != 1 or (_is_known(length) and _is_known(x.shape[0]) and x.shape[0] != length):
+        raise ValueError(f"{name} must be a 1-D array of shape ({length},) {what}; got shape {tuple(x.shape)}")

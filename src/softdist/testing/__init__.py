@@ -15,7 +15,14 @@ from ._backends import (
     backend_by_name,
     enable_jax_x64,
 )
-from ._references import SQDIST_RTOL, hard_datasets, reference_distances, reference_sqdist
+from ._references import (
+    SQDIST_RTOL,
+    hard_datasets,
+    reference_cross_entropy,
+    reference_distances,
+    reference_softmax_loss,
+    reference_sqdist,
+)
 
 __all__ = [
     "BACKENDS",
@@ -29,6 +36,8 @@ __all__ = [
     "backend_by_name",
     "enable_jax_x64",
     "hard_datasets",
+    "reference_cross_entropy",
     "reference_distances",
+    "reference_softmax_loss",
     "reference_sqdist",
 ]

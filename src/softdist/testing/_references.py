@@ -60,3 +60,69 @@ def hard_datasets(
         centres[rng.integers(0, 5, m)] + 0.1 * rng.standard_normal((m, d)),
     )
     return out
+
+
+def reference_cross_entropy(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    reduction: str = "mean",
+    sample_weight: np.ndarray | None = None,
+    class_weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and gradient with respect to the logits, from the textbook definitions in long double.
+
+    Targets are spelled out as a dense (N, C) matrix T (one-hot or soft, smoothed, class-weighted);
+    row loss = -sum_c T_ic log p_ic, gradient = sum_c T_ic (p_i - e_c). PyTorch's reduction rules; an
+    all-ignored batch gives 0. Rows whose logits are all -inf give 0.
+    """
+    z = np.asarray(logits, dtype=np.longdouble)
+    n, c = z.shape
+    m = np.max(z, axis=1, keepdims=True)
+    m = np.where(np.isneginf(m), 0, m)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = z - m - np.log(np.sum(np.exp(z - m), axis=1, keepdims=True))
+    p = np.exp(logp)
+    cw = np.ones(c) if class_weight is None else np.asarray(class_weight, dtype=np.longdouble)
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.longdouble)
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        T = labels.astype(np.longdouble)
+        counted = np.ones(n, dtype=bool)
+        T = (1 - label_smoothing) * T + label_smoothing / c
+        denominator = np.sum(sw)
+    else:
+        counted = np.ones(n, dtype=bool) if ignore_index is None else labels != ignore_index
+        safe = np.where(counted, labels, 0).astype(np.int64)
+        T = np.zeros((n, c), dtype=np.longdouble)
+        T[np.arange(n), safe] = 1
+        T = (1 - label_smoothing) * T + label_smoothing / c
+        denominator = np.sum((sw * cw[safe])[counted])
+    T = T * cw[None, :] * sw[:, None] * counted[:, None]
+    with np.errstate(invalid="ignore"):
+        row_loss = -np.sum(np.where(T != 0, T * logp, 0), axis=1)
+    grad = np.sum(T, axis=1, keepdims=True) * p - T
+    dead = np.all(np.isneginf(z), axis=1)
+    row_loss[dead] = 0
+    grad[dead] = 0
+    if reduction == "none":
+        return row_loss.astype(np.float64), grad.astype(np.float64)
+    scale = 1.0 if reduction == "sum" else (1 / denominator if denominator != 0 else 0.0)
+    return np.float64(np.sum(row_loss) * scale), (grad * scale).astype(np.float64)
+
+
+def reference_softmax_loss(
+    W: np.ndarray, X: np.ndarray, y: np.ndarray, *, reg: float = 0.0, b: np.ndarray | None = None, **options
+) -> tuple[np.ndarray, ...]:
+    """(loss, dW[, db]) of the linear model from :func:`reference_cross_entropy` and the chain rule."""
+    W_, X_ = np.asarray(W, dtype=np.longdouble), np.asarray(X, dtype=np.longdouble)
+    scores = X_ @ W_ + (0 if b is None else np.asarray(b, dtype=np.longdouble))
+    loss, G = reference_cross_entropy(scores, y, **options)
+    G = G.astype(np.longdouble)
+    dW = X_.T @ G + 2 * reg * W_
+    if options.get("reduction", "mean") != "none":
+        loss = loss + reg * np.sum(W_ * W_)
+    out = (np.asarray(loss, dtype=np.float64), dW.astype(np.float64))
+    return out if b is None else (*out, np.sum(G, axis=0).astype(np.float64))

@@ -1,0 +1,247 @@
+"""Softmax cross-entropy and its analytic gradient, written once against the array API standard.
+
+Every loss is expressed through per-row coefficients computed once per call (O(N) work), so that one
+kernel serves integer labels, soft targets, class and sample weights, label smoothing, ignored rows and
+every reduction:
+
+    loss_i = gamma_i * lse_i - linear_i            dloss_i/dz_i = gamma_i * softmax(z_i) - target_i
+
+index labels:  linear_i = alpha_i * z_iy + beta_i * (z_i . cw),   target_i = alpha_i * e_y + beta_i * cw
+soft targets:  linear_i = alpha_i * (z_i . q_i),                  target_i = alpha_i * q_i
+with gamma_i the total target mass of row i. The mean reduction's 1/denominator is folded into the
+coefficients, so the kernel's gradient is already scaled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .._lib._compat import default_dtype, device
+
+Scatter = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class RowTerms:
+    """Per-row coefficients of the loss for a block of rows (see the module docstring)."""
+
+    alpha: Any  # (n,) weight of the target logit (index) or of the soft target row
+    gamma: Any  # (n,) total target mass: the coefficient of log-sum-exp and of softmax in the gradient
+    labels: Any | None = None  # (n,) class indices, clipped into [0, C) so gathers are always safe
+    beta: Any | None = None  # (n,) label-smoothing weight (index labels with label_smoothing > 0)
+    soft: Any | None = None  # (n, C) class-weighted, smoothed soft targets
+    zero_rows: Any | None = None  # (n,) rows forced to an exact 0 loss and gradient (ignore_index)
+    class_weight: Any | None = None  # (C,), shared by every block
+
+    def rows(self, start: int, stop: int) -> RowTerms:
+        return self._map(lambda a: a[start:stop, ...])
+
+    def take(self, rows: Any, xp: Any) -> RowTerms:
+        return self._map(lambda a: xp.take(a, rows, axis=0))
+
+    def _map(self, f: Callable[[Any], Any]) -> RowTerms:
+        fields = ("alpha", "gamma", "labels", "beta", "soft", "zero_rows")
+        return replace(self, **{k: f(getattr(self, k)) for k in fields if getattr(self, k) is not None})
+
+
+# -- building the coefficients ---------------------------------------------------------------------------
+def _mean_scale(effective_weights: Any, *, xp: Any) -> Any:
+    # 1/sum of weights, and 0 (not inf or NaN) when nothing counts: an all-ignored batch has loss 0.
+    total = xp.sum(effective_weights)
+    return xp.where(total != 0, 1.0 / xp.where(total != 0, total, 1.0), 0.0)
+
+
+def index_row_terms(
+    labels: Any,
+    *,
+    n_classes: int,
+    dtype: Any,
+    sample_weight: Any | None,
+    class_weight: Any | None,
+    label_smoothing: float,
+    ignore_index: int | None,
+    reduction: str,
+    checked: bool,
+    xp: Any,
+) -> RowTerms:
+    """Coefficients for integer class labels (any integer or integral-valued floating dtype).
+
+    Labels that are not class indices (negative, >= C, non-integral, NaN) make their rows NaN; the eager
+    public functions raise before getting here (``checked``), so this happens under jax.jit and Dask.
+    """
+    index_dtype = default_dtype(xp, "integral", device=device(labels))
+    ignored = None if ignore_index is None else labels == ignore_index
+    if checked and ignored is None:  # every label is a class index: no masks needed
+        valid = counted = None
+        safe = xp.astype(labels, index_dtype, copy=False)
+    else:
+        valid = (labels >= 0) & (labels < n_classes)
+        if xp.isdtype(labels.dtype, "real floating"):
+            valid = valid & (labels == xp.floor(labels))
+        if ignored is not None:
+            valid = valid | ignored
+        counted = valid if ignored is None else valid & ~ignored
+        safe = xp.astype(xp.where(counted, labels, 0), index_dtype)
+
+    ones = xp.ones(labels.shape, dtype=dtype, device=device(labels))
+    weight = ones if sample_weight is None else sample_weight
+    cw_y = None
+    if class_weight is not None:
+        cw_y = xp.take(class_weight, safe, axis=0)
+        weight = weight * cw_y
+    a = ones if sample_weight is None else sample_weight
+    if reduction == "mean":
+        a = a * _mean_scale(weight if counted is None else xp.where(counted, weight, 0.0), xp=xp)
+    if counted is not None:
+        a = xp.where(counted, a, 0.0)
+        a = xp.where(valid, a, xp.nan)  # invalid labels: NaN rows, never a wrap-around to another class
+
+    alpha = a * (1.0 - label_smoothing)
+    if cw_y is not None:
+        alpha = alpha * cw_y
+    beta = None
+    gamma = alpha
+    if label_smoothing > 0:
+        beta = a * (label_smoothing / n_classes)
+        mass = float(n_classes) if class_weight is None else xp.sum(class_weight)
+        gamma = alpha + beta * mass
+    return RowTerms(
+        alpha=alpha, gamma=gamma, labels=safe, beta=beta, zero_rows=ignored, class_weight=class_weight
+    )
+
+
+def soft_row_terms(
+    targets: Any,
+    *,
+    dtype: Any,
+    sample_weight: Any | None,
+    class_weight: Any | None,
+    label_smoothing: float,
+    reduction: str,
+    xp: Any,
+) -> RowTerms:
+    """Coefficients for soft targets (N, C); the mean divides by N (or the sum of sample weights)."""
+    n, n_classes = targets.shape
+    q = xp.astype(targets, dtype)
+    if label_smoothing > 0:
+        q = q * (1.0 - label_smoothing) + label_smoothing / n_classes
+    if class_weight is not None:
+        q = q * class_weight
+    alpha = xp.ones(n, dtype=dtype, device=device(q)) if sample_weight is None else sample_weight
+    if reduction == "mean":
+        alpha = alpha * _mean_scale(alpha, xp=xp)
+    return RowTerms(alpha=alpha, gamma=alpha * xp.sum(q, axis=1), soft=q, class_weight=class_weight)
+
+
+# -- the kernel ------------------------------------------------------------------------------------------
+def gather_labels(z: Any, labels: Any, *, xp: Any) -> Any:
+    """z[i, labels[i]] for every row."""
+    if hasattr(xp, "take_along_axis"):
+        return xp.take_along_axis(z, labels[:, None], axis=1)[:, 0]
+    # Dask has no take_along_axis: select with a one-hot mask (an extra pass, lazily chunked).
+    return xp.sum(xp.where(_onehot_mask(labels, z, xp=xp), z, 0.0), axis=1)
+
+
+def _onehot_mask(labels: Any, like: Any, *, xp: Any) -> Any:
+    classes = xp.arange(like.shape[1], dtype=labels.dtype, device=device(like))
+    return labels[:, None] == classes[None, :]
+
+
+def subtract_onehot(G: Any, labels: Any, values: Any, *, xp: Any) -> Any:
+    """G - values[i] at (i, labels[i]), standard-only (a mask over G; backends with scatter do better)."""
+    return xp.where(_onehot_mask(labels, G, xp=xp), G - values[:, None], G)
+
+
+def block_loss_and_grad(
+    z: Any,
+    terms: RowTerms,
+    *,
+    want_grad: bool,
+    xp: Any,
+    scatter: Scatter | None = None,
+    recompute: Callable[[Any], Any] | None = None,
+) -> tuple[Any, Any | None]:
+    """Per-row losses (n,) and, if wanted, the gradient (n, C) of their sum, for one block of scores.
+
+    Shift by the row maximum: every exponent is <= 0, so nothing overflows; the shifted logits are reused
+    for the loss so that offset logits keep their accuracy. Rows whose logits are all -inf give exactly 0.
+    """
+    m = xp.max(z, axis=1)
+    dead = m == -xp.inf
+    m = xp.where(dead, 0.0, m)
+    d = z - m[:, None]
+    e = xp.exp(d)
+    s = xp.where(dead, 1.0, xp.sum(e, axis=1))
+    if terms.soft is not None:
+        # 0 * (-inf) is NaN: a class with zero target mass contributes nothing, even when masked.
+        q = terms.soft
+        linear = terms.alpha * xp.sum(xp.where(q != 0, q * d, 0.0), axis=1)
+    else:
+        linear = terms.alpha * gather_labels(d, terms.labels, xp=xp)
+        if terms.beta is not None:
+            cw = terms.class_weight
+            linear = linear + terms.beta * (xp.sum(d, axis=1) if cw is None else d @ cw)
+    loss = xp.where(dead, 0.0, terms.gamma * xp.log(s) - linear)
+    if terms.zero_rows is not None:
+        loss = xp.where(terms.zero_rows, 0.0, loss)
+    if not want_grad:
+        return loss, None
+
+    G = e * xp.where(dead, 0.0, terms.gamma / s)[:, None]
+    alpha = xp.where(dead, 0.0, terms.alpha)
+    if terms.soft is not None:
+        G = G - alpha[:, None] * terms.soft
+    else:
+        G = (scatter or subtract_onehot)(G, terms.labels, alpha, xp=xp)
+        if terms.beta is not None:
+            beta = xp.where(dead, 0.0, terms.beta)[:, None]
+            G = G - (beta if terms.class_weight is None else beta * terms.class_weight)
+    if terms.zero_rows is not None:
+        G = xp.where(terms.zero_rows[:, None], 0.0, G)
+    return loss, G
+
+
+Kernel = Callable[..., tuple[Any, Any | None]]
+
+
+# -- the linear model ------------------------------------------------------------------------------------
+def linear_model_grads(
+    W: Any,
+    X: Any,
+    b: Any | None,
+    terms: RowTerms,
+    *,
+    chunk_rows: int,
+    xp: Any,
+    kernel: Kernel,
+    scores: Callable[[Any, Any, Any | None], Any] | None = None,
+) -> tuple[Any, Any, Any | None]:
+    """Per-row losses, X.T @ G and sum(G) over row blocks of ``chunk_rows``: peak extra memory is
+    O(chunk_rows * C + D * C) whatever N is."""
+    n = X.shape[0]
+    losses, dW, db = [], None, None
+    for start in range(0, n, chunk_rows):
+        stop = min(start + chunk_rows, n)
+        Xc = X[start:stop, ...]
+        z = scores(Xc, W, b) if scores is not None else (Xc @ W if b is None else Xc @ W + b)
+        rows = terms.rows(start, stop)
+
+        def recompute(idx: Any, Xc: Any = Xc) -> Any:
+            z_rows = xp.take(Xc, idx, axis=0) @ W
+            return z_rows if b is None else z_rows + b
+
+        loss_c, G = kernel(z, rows, want_grad=True, xp=xp, recompute=recompute)
+        dW_c = xp.matrix_transpose(Xc) @ G
+        dW = dW_c if dW is None else dW + dW_c
+        if b is not None:
+            db_c = xp.sum(G, axis=0)
+            db = db_c if db is None else db + db_c
+        losses.append(loss_c)
+    if dW is None:  # no rows
+        dW = xp.zeros(W.shape, dtype=W.dtype, device=device(W))
+        db = None if b is None else xp.zeros(b.shape, dtype=b.dtype, device=device(b))
+        losses.append(xp.zeros((0,), dtype=W.dtype, device=device(W)))
+    row_loss = losses[0] if len(losses) == 1 else xp.concat(losses)
+    return row_loss, dW, db

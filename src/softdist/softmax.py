@@ -1,0 +1,334 @@
+"""Softmax cross-entropy loss and its analytic gradient, for logits and for a linear model."""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any
+
+from ._agnostic import softmax as _generic
+from ._lib import _backends
+from ._lib._compat import device, is_dask_namespace, is_jax_namespace, is_numpy_namespace, is_torch_namespace
+from ._lib._validation import (
+    check_matrix,
+    check_vector,
+    float_dtype_of,
+    namespace_of,
+    working_dtype,
+)
+
+__all__ = ["softmax_cross_entropy", "softmax_cross_entropy_and_grad", "softmax_loss"]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# -- validation ------------------------------------------------------------------------------------------
+def _check_options(reduction: Any, label_smoothing: Any, ignore_index: Any) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}")
+    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1]; got {label_smoothing!r}")
+    if ignore_index is not None and (
+        not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool)
+    ):
+        raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}")
+
+
+def _check_targets(labels: Any, n: Any, n_classes: Any, ignore_index: Any, xp: Any) -> bool:
+    """Shape and dtype of the targets; True for soft targets (N, C), False for class indices (N,)."""
+    if labels.ndim == 2:
+        if tuple(labels.shape) != (n, n_classes):
+            raise ValueError(
+                f"soft targets (2-D labels) must have shape (n_samples, n_classes) = ({n}, {n_classes}); "
+                f"got {tuple(labels.shape)}"
+            )
+        if ignore_index is not None:
+            raise ValueError("ignore_index applies to class-index labels only, not to soft targets")
+        if xp.isdtype(labels.dtype, ("bool", "complex floating")):
+            raise TypeError(f"soft targets must be real numbers; got dtype {labels.dtype}")
+        return True
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(
+            f"labels must be class indices of shape ({n},) or soft targets of shape ({n}, {n_classes}); "
+            f"got shape {tuple(labels.shape)}"
+        )
+    if not xp.isdtype(labels.dtype, ("integral", "real floating")):
+        raise TypeError(f"labels must be integer class indices; got dtype {labels.dtype}")
+    return False
+
+
+def _values_are_concrete(xp: Any, *arrays: Any) -> bool:
+    """False under jax.jit/grad and for Dask, where reading a value would need a trace break or compute."""
+    if is_dask_namespace(xp):
+        return False
+    if is_jax_namespace(xp):
+        return not any(_backends.is_jax_tracer(a) for a in arrays if a is not None)
+    return True
+
+
+def _check_label_values(labels: Any, n_classes: int, ignore_index: int | None, xp: Any) -> None:
+    """Eager backends only: one reduction and one host read, before any work."""
+    bad = (labels < 0) | (labels >= n_classes)
+    if xp.isdtype(labels.dtype, "real floating"):
+        bad = bad | (labels != xp.floor(labels))  # NaN too
+    if ignore_index is not None:
+        bad = bad & (labels != ignore_index)
+    if bool(xp.any(bad)):
+        (where,) = xp.nonzero(bad)
+        first = int(where[0])
+        value = labels[first]
+        value = float(value) if xp.isdtype(labels.dtype, "real floating") else int(value)
+        allowed = f"[0, {n_classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+        raise ValueError(
+            f"labels must be integer class indices in {allowed}; got {where.shape[0]} invalid "
+            f"value(s), first labels[{first}] = {value}"
+        )
+
+
+def _prepare(
+    named: dict[str, Any],
+    labels: Any,
+    *,
+    n: Any,
+    n_classes: Any,
+    sample_weight: Any,
+    class_weight: Any,
+    label_smoothing: float,
+    ignore_index: int | None,
+    reduction: str,
+    xp: Any,
+) -> tuple[Any, Any, _generic.RowTerms]:
+    """Validate everything, then build the per-row coefficients in the working dtype.
+
+    Returns (result dtype, working dtype, row terms).
+    """
+    _check_options(reduction, label_smoothing, ignore_index)
+    if n_classes == 0:
+        raise ValueError("there must be at least one class; got 0 columns of logits (or of W)")
+    soft = _check_targets(labels, n, n_classes, ignore_index, xp)
+    if sample_weight is not None:
+        check_vector("sample_weight", sample_weight, n, "(one weight per row)")
+    if class_weight is not None:
+        check_vector("class_weight", class_weight, n_classes, "(one weight per class)")
+    dtype = float_dtype_of(named, xp)
+    work = working_dtype(dtype, xp)
+    for name, w in (("sample_weight", sample_weight), ("class_weight", class_weight)):
+        if w is not None:
+            float_dtype_of({name: w}, xp)  # complex/other dtypes: TypeError naming the argument
+    sw = None if sample_weight is None else xp.astype(sample_weight, work)
+    cw = None if class_weight is None else xp.astype(class_weight, work)
+    options = {"sample_weight": sw, "class_weight": cw, "label_smoothing": float(label_smoothing)}
+    if soft:
+        terms = _generic.soft_row_terms(labels, dtype=work, reduction=reduction, xp=xp, **options)
+    else:
+        checked = _values_are_concrete(xp, labels)
+        if checked:
+            _check_label_values(labels, n_classes, ignore_index, xp)
+        terms = _generic.index_row_terms(
+            labels, n_classes=n_classes, dtype=work, ignore_index=ignore_index, reduction=reduction,
+            checked=checked, xp=xp, **options,
+        )  # fmt: skip
+    return dtype, work, terms
+
+
+def _kernel(xp: Any, arrays: list[Any]) -> _generic.Kernel:
+    if is_numpy_namespace(xp) or is_torch_namespace(xp):
+        if _backends.eager_cpu_fast_path_applies(arrays, xp=xp):
+            return _backends.eager_cpu_block
+        return functools.partial(_generic.block_loss_and_grad, scatter=_backends.scatter_subtract)
+    if is_jax_namespace(xp):
+        return functools.partial(_generic.block_loss_and_grad, scatter=_backends.scatter_subtract)
+    return _generic.block_loss_and_grad
+
+
+def _reduce(row_loss: Any, reduction: str, xp: Any) -> Any:
+    return row_loss if reduction == "none" else xp.sum(row_loss)
+
+
+# -- public API ------------------------------------------------------------------------------------------
+def _logits_loss(
+    logits: Any, labels: Any, options: dict[str, Any], xp: Any, *, want_grad: bool
+) -> tuple[Any, Any | None]:
+    named = {"logits": logits, "labels": labels}
+    xp = namespace_of(named | {k: options[k] for k in ("sample_weight", "class_weight")}, xp)
+    check_matrix("logits", logits, what="(n_samples, n_classes)")
+    n, n_classes = logits.shape
+    dtype, work, terms = _prepare({"logits": logits}, labels, n=n, n_classes=n_classes, xp=xp, **options)
+    if n == 0:  # nothing to reduce over (Dask cannot even build the graph of a max over 0 rows)
+        G = xp.zeros(logits.shape, dtype=dtype, device=device(logits))
+        return xp.zeros((0,) if options["reduction"] == "none" else (), dtype=dtype, device=device(logits)), G
+    z = xp.astype(logits, work, copy=False)
+    row_loss, G = _kernel(xp, [logits])(z, terms, want_grad=want_grad, xp=xp)
+    loss = xp.astype(_reduce(row_loss, options["reduction"], xp), dtype, copy=False)
+    return loss, (None if G is None else xp.astype(G, dtype, copy=False))
+
+
+def softmax_cross_entropy(
+    logits: Any,
+    labels: Any,
+    /,
+    *,
+    reduction: str = "mean",
+    sample_weight: Any | None = None,
+    class_weight: Any | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    xp: Any | None = None,
+) -> Any:
+    """Softmax cross-entropy of ``logits`` against ``labels``.
+
+    Parameters
+    ----------
+    logits : array, shape (N, C)
+        Unnormalised scores, any array API library (NumPy, PyTorch, JAX, CuPy, Dask, ...). ``-inf``
+        masks a class. float16/bfloat16 are reduced in float32.
+    labels : array, shape (N,) or (N, C)
+        Integer class indices in [0, C), or soft targets (one row of class probabilities per sample;
+        rows need not sum to 1). Same library and device as ``logits``.
+    reduction : {"mean", "sum", "none"}
+        "mean" divides by the total effective weight of the counted rows (sample weight times the class
+        weight of the label; ignored rows do not count), as PyTorch does; soft targets divide by N (or
+        the sum of ``sample_weight``). A batch with nothing to count has loss 0, not NaN.
+    sample_weight : array, shape (N,), optional
+        Per-row weights (not in PyTorch).
+    class_weight : array, shape (C,), optional
+        Per-class weights, PyTorch's ``weight``.
+    label_smoothing : float in [0, 1]
+        Mixes the targets with the uniform distribution, as PyTorch does.
+    ignore_index : int, optional
+        Rows with this label get loss 0 and gradient 0 and do not count in the mean. Default: none
+        (PyTorch's default is -100).
+    xp : namespace, optional
+        Inferred from the inputs when omitted.
+
+    Returns
+    -------
+    array
+        0-D for "mean"/"sum", shape (N,) for "none"; in the logits' library, device and floating dtype.
+        Invalid labels raise ValueError on eager backends; under ``jax.jit`` and Dask (where values cannot
+        be read without a sync) their rows are NaN instead.
+    """
+    options = {
+        "reduction": reduction, "sample_weight": sample_weight, "class_weight": class_weight,
+        "label_smoothing": label_smoothing, "ignore_index": ignore_index,
+    }  # fmt: skip
+    return _logits_loss(logits, labels, options, xp, want_grad=False)[0]
+
+
+def softmax_cross_entropy_and_grad(
+    logits: Any,
+    labels: Any,
+    /,
+    *,
+    reduction: str = "mean",
+    sample_weight: Any | None = None,
+    class_weight: Any | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    xp: Any | None = None,
+) -> tuple[Any, Any]:
+    """The loss of :func:`softmax_cross_entropy` and its gradient with respect to ``logits``.
+
+    The gradient is ``gamma_i * softmax(logits_i) - target_i`` scaled like the loss: for plain labels and
+    the mean, ``(softmax(logits) - onehot(labels)) / N``; for soft targets ``sum(t_i) p_i - t_i`` (exact
+    even when rows do not sum to 1). With ``reduction="none"`` row i holds the gradient of loss i.
+    Same parameters and conventions as :func:`softmax_cross_entropy`.
+    """
+    options = {
+        "reduction": reduction, "sample_weight": sample_weight, "class_weight": class_weight,
+        "label_smoothing": label_smoothing, "ignore_index": ignore_index,
+    }  # fmt: skip
+    return _logits_loss(logits, labels, options, xp, want_grad=True)  # type: ignore[return-value]
+
+
+def _check_reg(reg: Any) -> None:
+    if isinstance(reg, numbers.Real) and not isinstance(reg, bool):
+        if not reg >= 0 or reg == float("inf"):
+            raise ValueError(f"reg must be a finite number >= 0; got {reg!r}")
+    elif getattr(reg, "ndim", None) != 0:
+        raise TypeError(f"reg must be a number (or a 0-D array); got {type(reg).__name__}")
+
+
+def softmax_loss(
+    W: Any,
+    X: Any,
+    y: Any,
+    /,
+    *,
+    reg: float = 0.0,
+    b: Any | None = None,
+    reduction: str = "mean",
+    sample_weight: Any | None = None,
+    class_weight: Any | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    chunk_size: int | None = None,
+    xp: Any | None = None,
+) -> tuple[Any, ...]:
+    """Loss and gradients of the linear softmax classifier ``scores = X @ W (+ b)``.
+
+    Parameters
+    ----------
+    W : array, shape (D, C)
+    X : array, shape (N, D)
+        Integer and boolean features are computed in the default floating dtype.
+    y : array, shape (N,) or (N, C)
+        Class indices or soft targets, as for :func:`softmax_cross_entropy`.
+    reg : float
+        L2 penalty ``reg * sum(W * W)`` (the bias is never penalised); its gradient is ``2 * reg * W``.
+    b : array, shape (C,), optional
+        Bias; when given, its gradient is returned too.
+    chunk_size : int, optional
+        Rows per block: peak extra memory is O(chunk_size * C + D * C) instead of O(N * C), and the result
+        equals the unchunked one to rounding. Default: the whole batch (cache-sized blocks measured no
+        faster on NumPy or PyTorch; Dask blocks by its own chunks).
+    reduction, sample_weight, class_weight, label_smoothing, ignore_index, xp
+        As for :func:`softmax_cross_entropy`. With ``reduction="none"`` the loss is the (N,) vector of
+        per-row data losses and ``dW`` is the gradient of their sum plus the penalty.
+
+    Returns
+    -------
+    (loss, dW) or (loss, dW, db)
+        In the library, device and floating dtype of W and X.
+    """
+    options = {
+        "reduction": reduction, "sample_weight": sample_weight, "class_weight": class_weight,
+        "label_smoothing": label_smoothing, "ignore_index": ignore_index,
+    }  # fmt: skip
+    named = {"W": W, "X": X, "b": b}
+    xp = namespace_of(named | {"y": y, "sample_weight": sample_weight, "class_weight": class_weight}, xp)
+    check_matrix("W", W, what="(n_features, n_classes)")
+    check_matrix("X", X, what="(n_samples, n_features)")
+    n, n_features = X.shape
+    d, n_classes = W.shape
+    if n_features != d:
+        raise ValueError(
+            f"X has {n_features} features (shape {tuple(X.shape)}) but W has {d} rows (shape "
+            f"{tuple(W.shape)}); W must have shape (n_features, n_classes)"
+        )
+    if b is not None:
+        check_vector("b", b, n_classes, "(one bias per class, C = W.shape[1])")
+    _check_reg(reg)
+    if chunk_size is not None and (
+        not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+    dtype, work, terms = _prepare(named, y, n=n, n_classes=n_classes, xp=xp, **options)
+    Ww, Xw = xp.astype(W, work, copy=False), xp.astype(X, work, copy=False)
+    bw = None if b is None else xp.astype(b, work, copy=False)
+
+    kernel = _kernel(xp, [W, X, b])
+    scores = None
+    rows = max(1, min(chunk_size or n, n))
+    if kernel is _backends.eager_cpu_block:
+        scores = _backends.eager_cpu_scores(rows, n_classes, xp=xp)
+    row_loss, dW, db = _generic.linear_model_grads(
+        Ww, Xw, bw, terms, chunk_rows=rows, xp=xp, kernel=kernel, scores=scores
+    )
+    loss = _reduce(row_loss, reduction, xp)
+    if not (isinstance(reg, numbers.Real) and reg == 0):
+        if reduction != "none":
+            loss = loss + reg * xp.sum(Ww * Ww)
+        dW = dW + (2 * reg) * Ww
+    out = (xp.astype(loss, dtype, copy=False), xp.astype(dW, dtype, copy=False))
+    return out if b is None else (*out, xp.astype(db, dtype, copy=False))
