@@ -53,7 +53,9 @@ def numpy_methods(W, X, y, G, reg) -> dict[str, Callable[[], object]]:
         lml = LinearModelLoss(base_loss=HalfMultinomialLoss(n_classes=W.shape[1]), fit_intercept=False)
         coef = np.ascontiguousarray(W.T)  # sklearn's (C, D) layout
         yf = y.astype(X.dtype)
-        methods["sklearn LinearModelLoss.loss_gradient"] = lambda: lml.loss_gradient(coef, X, yf, l2_reg_strength=2 * reg)
+        methods["sklearn LinearModelLoss.loss_gradient"] = lambda: lml.loss_gradient(
+            coef, X, yf, l2_reg_strength=2 * reg
+        )
     except ImportError:  # pragma: no cover - sklearn is in the bench extra
         pass
     return methods

@@ -28,7 +28,11 @@ CASES: dict[str, Callable[[np.random.Generator, str], tuple[tuple[np.ndarray, ..
         {},
     ),
     "softmax_loss": lambda rng, dt: (
-        (rng.standard_normal((3, 4)).astype(dt), rng.standard_normal((9, 3)).astype(dt), rng.integers(0, 4, 9)),
+        (
+            rng.standard_normal((3, 4)).astype(dt),
+            rng.standard_normal((9, 3)).astype(dt),
+            rng.integers(0, 4, 9),
+        ),
         {"reg": 0.1},
     ),
 }

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 import softdist
-from softdist.testing import Backend, assert_matches_reference, reference_cross_entropy, reference_softmax_loss
+from softdist.testing import (
+    Backend,
+    assert_matches_reference,
+    reference_cross_entropy,
+    reference_softmax_loss,
+)
 
 # float32 against float64 truths: rtol 1e-5 and atol 1e-6 (the bar); float64: 1e-12.
 TOL = {"float32": {"rtol": 1e-5, "atol": 1e-6}, "float64": {"rtol": 1e-12, "atol": 1e-15}}
@@ -39,9 +44,8 @@ CASES = {
     "ignore_index": lambda r: (np.where(r.random(N) < 0.3, -1, _labels(r)), {"ignore_index": -1}),
     "all_options": lambda r: (
         _labels(r),
-        {"class_weight": r.random(C) + 0.2, "sample_weight": r.random(N), "label_smoothing": 0.1,
-         "ignore_index": 2},
-    ),  # fmt: skip
+        dict(class_weight=r.random(C) + 0.2, sample_weight=r.random(N), label_smoothing=0.1, ignore_index=2),
+    ),
     "all_options_none": lambda r: (
         _labels(r),
         {"class_weight": r.random(C) + 0.2, "label_smoothing": 0.3, "ignore_index": 4, "reduction": "none"},
@@ -87,7 +91,9 @@ def test_loss_and_grad_match_reference(backend: Backend, float_dtype, case, rng)
         softdist.softmax_cross_entropy, z, _labels_on(backend, labels, float_dtype),
         **_on(backend, options, float_dtype),
     )  # fmt: skip
-    assert_matches_reference(backend, loss_only, np.asarray(want_loss), like=z, dtype=dtype, **TOL[float_dtype])
+    assert_matches_reference(
+        backend, loss_only, np.asarray(want_loss), like=z, dtype=dtype, **TOL[float_dtype]
+    )
 
 
 @pytest.mark.parametrize("case", ["plain", "all_options", "all_options_none", "soft_all_options"])
@@ -104,7 +110,9 @@ def test_softmax_loss_matches_reference(backend: Backend, float_dtype, case, wit
     got = backend.call(softdist.softmax_loss, *args, reg=0.3, **extra, **_on(backend, options, float_dtype))
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
-        assert_matches_reference(backend, g, w, like=args[0], dtype=backend.dtype(float_dtype), **TOL[float_dtype])
+        assert_matches_reference(
+            backend, g, w, like=args[0], dtype=backend.dtype(float_dtype), **TOL[float_dtype]
+        )
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 10])
@@ -156,7 +164,9 @@ def test_matches_torch_autograd(float_dtype, case, rng):
     want = _torch_loss(F, torch, z, labels, options)
     want.sum().backward()
     t_opts = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
-    loss, grad = softdist.softmax_cross_entropy_and_grad(torch.from_numpy(logits), torch.from_numpy(labels), **t_opts)
+    loss, grad = softdist.softmax_cross_entropy_and_grad(
+        torch.from_numpy(logits), torch.from_numpy(labels), **t_opts
+    )
     tol = TOL[float_dtype]
     np.testing.assert_allclose(loss.numpy(), want.detach().numpy(), rtol=tol["rtol"], atol=tol["atol"])
     np.testing.assert_allclose(grad.numpy(), z.grad.numpy(), rtol=tol["rtol"], atol=tol["atol"])
@@ -237,7 +247,9 @@ def test_logits_gradient_matches_finite_differences(case, rng):
     logits, labels, options = _case(rng, case, "float64")
     grad = softdist.softmax_cross_entropy_and_grad(logits, labels, **options)[1]
     coords = _coords(rng, logits.shape)
-    fd = _central_differences(lambda z: float(softdist.softmax_cross_entropy(z, labels, **options)), logits, coords)
+    fd = _central_differences(
+        lambda z: float(softdist.softmax_cross_entropy(z, labels, **options)), logits, coords
+    )
     got = np.array([grad[i] for i in coords])
     assert np.max(np.abs(fd - got)) <= 1e-7 * np.max(np.abs(grad))
 
@@ -266,7 +278,9 @@ def test_huge_logits_give_finite_correct_losses(backend: Backend, dtype, magnitu
     labels = _labels(rng)
     want_loss, want_grad = reference_cross_entropy(logits, labels, reduction="none")
     z = backend.asarray(logits)
-    loss, grad = backend.call(softdist.softmax_cross_entropy_and_grad, z, backend.asarray(labels), reduction="none")
+    loss, grad = backend.call(
+        softdist.softmax_cross_entropy_and_grad, z, backend.asarray(labels), reduction="none"
+    )
     # atol: a loss below float eps (target far above the rest) rounds to 0, as in every framework.
     tol = {"rtol": 1e-6, "atol": TOL[dtype]["atol"]}
     got = assert_matches_reference(backend, loss, want_loss, like=z, dtype=backend.dtype(dtype), **tol)
@@ -343,8 +357,13 @@ def _labels_np(labels, backend):
     return backend.to_numpy(labels)
 
 
-# -- labels that are not class indices ------------------------------------------------------------------------
-BAD_LABELS = {"too_large": [0, C, 1], "negative": [0, -1, 1], "non_integer": [0.0, 1.5, 2.0], "nan": [0, np.nan, 1]}
+# -- labels that are not class indices -------------------------------------------------------------------
+BAD_LABELS = {
+    "too_large": [0, C, 1],
+    "negative": [0, -1, 1],
+    "non_integer": [0.0, 1.5, 2.0],
+    "nan": [0, np.nan, 1],
+}
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_LABELS))
@@ -381,9 +400,17 @@ class TestBadInput:
             ({"labels": np.zeros(5, int)}, ValueError, r"labels must be class indices of shape \(4,\)"),
             ({"labels": np.zeros((4, 2))}, ValueError, r"soft targets .* \(4, 3\); got \(4, 2\)"),
             ({"logits": np.zeros(4)}, ValueError, r"logits must be a 2-D array"),
-            ({"labels": np.array([True, False, True, True])}, TypeError, "integer class indices; got dtype bool"),
+            (
+                {"labels": np.array([True, False, True, True])},
+                TypeError,
+                "integer class indices; got dtype bool",
+            ),
             ({"class_weight": np.ones(4)}, ValueError, r"class_weight must be a 1-D array of shape \(3,\)"),
-            ({"sample_weight": np.ones((4, 1))}, ValueError, r"sample_weight must be a 1-D array of shape \(4,\)"),
+            (
+                {"sample_weight": np.ones((4, 1))},
+                ValueError,
+                r"sample_weight must be a 1-D array of shape \(4,\)",
+            ),
             ({"reduction": "avg"}, ValueError, "reduction must be one of"),
             ({"label_smoothing": 1.5}, ValueError, r"label_smoothing must be a number in \[0, 1\]"),
             ({"ignore_index": 1.0}, TypeError, "ignore_index must be an int"),

@@ -6,10 +6,9 @@ handed us one of its arrays.
 
 from __future__ import annotations
 
-from typing import Any
-
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from .._agnostic import distances as _generic
 from .._agnostic import softmax as _softmax
@@ -160,7 +159,9 @@ def eager_cpu_fast_path_applies(arrays: list[Any], *, xp: Any) -> bool:
     import torch
 
     present = [a for a in arrays if a is not None]
-    return all(isinstance(a, torch.Tensor) and a.device.type == "cpu" and not a.requires_grad for a in present)
+    return all(
+        isinstance(a, torch.Tensor) and a.device.type == "cpu" and not a.requires_grad for a in present
+    )
 
 
 @contextlib.contextmanager

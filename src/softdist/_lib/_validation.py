@@ -98,4 +98,6 @@ def working_dtype(dtype: Any, xp: Any) -> Any:
 
 def check_vector(name: str, x: Any, length: Any, what: str) -> None:
     if x.ndim != 1 or (_is_known(length) and _is_known(x.shape[0]) and x.shape[0] != length):
-        raise ValueError(f"{name} must be a 1-D array of shape ({length},) {what}; got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be a 1-D array of shape ({length},) {what}; got shape {tuple(x.shape)}"
+        )
