@@ -56,3 +56,69 @@ def test_dask_path_equals_generic(rng):
     got_self = softdist.pairwise_sqdist(A).compute()
     np.testing.assert_allclose(got_self, generic.pairwise_sqdist(A64, None, xp=xnp), rtol=1e-10)
     np.testing.assert_array_equal(got_self, got_self.T)
+
+
+def _edge_logits(rng, dtype, n=40, c=9):
+    """Logits that send rows down every branch of the CPU fast path: ordinary rows; rows whose unshifted
+    exponentials overflow (+300) or underflow (-300); a masked target; masked classes; all -inf; NaN."""
+    z = rng.standard_normal((n, c))
+    z[1] += 300
+    z[2] -= 300
+    z[3, :4] = -np.inf
+    z[4] = -np.inf
+    z[5, 2] = np.nan
+    z[6, 0] = 95  # one exponent just past float32's range
+    return z.astype(dtype)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "options", [{}, {"ignore_index": 1, "reduction": "sum"}, {"reduction": "none", "sample_weight": True}]
+)
+def test_eager_cpu_softmax_kernel_equals_generic(library, dtype, options, rng):
+    from array_api_compat import array_namespace
+
+    from softdist._agnostic import softmax as generic_softmax
+
+    if library == "torch":
+        torch = pytest.importorskip("torch")
+        convert = torch.from_numpy
+    else:
+        convert = np.asarray
+    z_np = _edge_logits(rng, dtype)
+    labels_np = rng.integers(0, z_np.shape[1], z_np.shape[0])
+    labels_np[3] = 0  # the masked target
+    z, labels = convert(z_np), convert(labels_np)
+    xp = array_namespace(z)
+    sw = convert(rng.random(z_np.shape[0]).astype(dtype)) if options.pop("sample_weight", False) else None
+    terms = generic_softmax.index_row_terms(
+        labels, n_classes=z_np.shape[1], dtype=z.dtype, sample_weight=sw, class_weight=None,
+        label_smoothing=0.0, ignore_index=options.get("ignore_index"), reduction=options.get("reduction", "mean"),
+        checked=True, xp=xp,
+    )  # fmt: skip
+    slow_loss, slow_grad = generic_softmax.block_loss_and_grad(z, terms, want_grad=True, xp=xp)
+    fast_loss, fast_grad = _backends.eager_cpu_block(z, terms, want_grad=True, xp=xp)
+    np.testing.assert_array_equal(np.asarray(z), z_np)  # the caller's logits are untouched
+    rtol = 10 * np.finfo(dtype).eps
+    np.testing.assert_allclose(np.asarray(fast_loss), np.asarray(slow_loss), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(np.asarray(fast_grad), np.asarray(slow_grad), rtol=rtol, atol=rtol)
+
+    # In place on scores it owns, recomputing the rows it repairs:
+    own = convert(z_np.copy())
+    in_loss, in_grad = _backends.eager_cpu_block(
+        own, terms, want_grad=True, xp=xp, recompute=lambda rows: xp.take(z, rows, axis=0)
+    )
+    np.testing.assert_allclose(np.asarray(in_loss), np.asarray(slow_loss), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(np.asarray(in_grad), np.asarray(slow_grad), rtol=rtol, atol=rtol)
+
+
+def test_scatter_subtract_equals_mask(rng):
+    import array_api_compat.numpy as xp
+
+    from softdist._agnostic import softmax as generic_softmax
+
+    G = rng.standard_normal((12, 5))
+    labels, values = rng.integers(0, 5, 12), rng.random(12)
+    want = generic_softmax.subtract_onehot(G, labels, values, xp=xp)
+    np.testing.assert_array_equal(_backends.scatter_subtract(G.copy(), labels, values, xp=xp), want)

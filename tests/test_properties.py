@@ -104,3 +104,71 @@ def test_zero_padding_features_changes_nothing(prop_backend: Backend, pair, pad)
     B_pad = np.concatenate([B, np.zeros((B.shape[0], pad))], axis=1)
     base = _sq(prop_backend, A, B)
     _close(_sq(prop_backend, A_pad, B_pad), base, base)
+
+
+# -- softmax cross-entropy ------------------------------------------------------------------------------
+logit_values = st.floats(-50, 50, allow_nan=False, allow_infinity=False, width=64)
+
+
+@st.composite
+def classification(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, dict]:
+    n = draw(st.integers(1, 10))
+    c = draw(st.integers(1, 6))
+    logits = draw(arrays(np.float64, (n, c), elements=logit_values))
+    labels = np.array(draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
+    options = {
+        "label_smoothing": draw(st.sampled_from([0.0, 0.1])),
+        "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
+    }
+    if draw(st.booleans()):
+        options["class_weight"] = draw(arrays(np.float64, (c,), elements=st.floats(0.1, 3)))
+    return logits, labels, options
+
+
+def _ce(backend: Backend, logits: np.ndarray, labels: np.ndarray, **options) -> tuple[np.ndarray, np.ndarray]:
+    opts = {k: backend.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    loss, grad = softdist.softmax_cross_entropy_and_grad(
+        backend.asarray(logits), backend.asarray(labels), **opts
+    )
+    return backend.to_numpy(loss), backend.to_numpy(grad)
+
+
+@SETTINGS
+@given(data=classification(), shift=st.floats(-1e3, 1e3, allow_nan=False, width=64))
+def test_softmax_row_shift_invariance(prop_backend: Backend, data, shift):
+    logits, labels, options = data
+    loss, grad = _ce(prop_backend, logits, labels, **options)
+    loss2, grad2 = _ce(prop_backend, logits + shift, labels, **options)  # shift loses ~|shift| * eps
+    tol = 1e-11 * (1 + abs(shift))
+    np.testing.assert_allclose(loss2, loss, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad2, grad, rtol=tol, atol=tol)
+
+
+@SETTINGS
+@given(data=classification(), seed=st.integers(0, 2**32 - 1))
+def test_softmax_permutation_equivariance(prop_backend: Backend, data, seed):
+    logits, labels, options = data
+    rng = np.random.default_rng(seed)
+    rows, classes = rng.permutation(logits.shape[0]), rng.permutation(logits.shape[1])
+    relabel = np.argsort(classes)  # class k moves to column relabel[k]
+    permuted = dict(options)
+    if "class_weight" in options:
+        permuted["class_weight"] = options["class_weight"][classes]
+    loss, grad = _ce(prop_backend, logits, labels, **options)
+    loss2, grad2 = _ce(prop_backend, logits[rows][:, classes], relabel[labels[rows]], **permuted)
+    np.testing.assert_allclose(loss2, loss[rows] if loss.ndim else loss, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grad2, grad[rows][:, classes], rtol=1e-12, atol=1e-14)
+
+
+@SETTINGS
+@given(data=classification(), scale=st.sampled_from([0.25, 3.0, 1024.0]))
+def test_softmax_sample_weight_scaling_and_zero_row_sums(prop_backend: Backend, data, scale):
+    logits, labels, options = data
+    weights = np.linspace(0.5, 1.5, logits.shape[0])
+    loss, grad = _ce(prop_backend, logits, labels, sample_weight=weights, **options)
+    loss2, grad2 = _ce(prop_backend, logits, labels, sample_weight=scale * weights, **options)
+    factor = 1.0 if options["reduction"] == "mean" else scale  # the mean is scale-free
+    np.testing.assert_allclose(loss2, factor * loss, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grad2, factor * grad, rtol=1e-12, atol=1e-14)
+    # Each row of the gradient sums to zero: softmax mass equals target mass.
+    np.testing.assert_allclose(np.sum(grad, axis=1), 0.0, atol=1e-12 * (1 + np.max(np.abs(grad))))

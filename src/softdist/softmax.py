@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ._agnostic import softmax as _generic
@@ -85,7 +87,20 @@ def _check_label_values(labels: Any, n_classes: int, ignore_index: int | None, x
         )
 
 
-def _prepare(
+@dataclass(frozen=True)
+class _Plan:
+    """Everything static about one call (hashable: it keys JAX's compiled-function cache)."""
+
+    reduction: str
+    label_smoothing: float
+    ignore_index: int | None
+    soft: bool  # soft targets (N, C) rather than class indices (N,)
+    checked: bool  # label values were validated eagerly
+    dtype: Any  # the result dtype
+    work: Any  # the dtype arithmetic runs in
+
+
+def _plan(
     named: dict[str, Any],
     labels: Any,
     *,
@@ -97,11 +112,8 @@ def _prepare(
     ignore_index: int | None,
     reduction: str,
     xp: Any,
-) -> tuple[Any, Any, _generic.RowTerms]:
-    """Validate everything, then build the per-row coefficients in the working dtype.
-
-    Returns (result dtype, working dtype, row terms).
-    """
+) -> _Plan:
+    """Validate everything that can be checked: metadata always, label values on eager backends."""
     _check_options(reduction, label_smoothing, ignore_index)
     if n_classes == 0:
         raise ValueError("there must be at least one class; got 0 columns of logits (or of W)")
@@ -111,24 +123,28 @@ def _prepare(
     if class_weight is not None:
         check_vector("class_weight", class_weight, n_classes, "(one weight per class)")
     dtype = float_dtype_of(named, xp)
-    work = working_dtype(dtype, xp)
     for name, w in (("sample_weight", sample_weight), ("class_weight", class_weight)):
         if w is not None:
             float_dtype_of({name: w}, xp)  # complex/other dtypes: TypeError naming the argument
-    sw = None if sample_weight is None else xp.astype(sample_weight, work)
-    cw = None if class_weight is None else xp.astype(class_weight, work)
-    options = {"sample_weight": sw, "class_weight": cw, "label_smoothing": float(label_smoothing)}
-    if soft:
-        terms = _generic.soft_row_terms(labels, dtype=work, reduction=reduction, xp=xp, **options)
-    else:
-        checked = _values_are_concrete(xp, labels)
-        if checked:
-            _check_label_values(labels, n_classes, ignore_index, xp)
-        terms = _generic.index_row_terms(
-            labels, n_classes=n_classes, dtype=work, ignore_index=ignore_index, reduction=reduction,
-            checked=checked, xp=xp, **options,
-        )  # fmt: skip
-    return dtype, work, terms
+    checked = not soft and _values_are_concrete(xp, labels)
+    if checked:
+        _check_label_values(labels, n_classes, ignore_index, xp)
+    return _Plan(
+        reduction, float(label_smoothing), ignore_index, soft, checked, dtype, working_dtype(dtype, xp)
+    )
+
+
+def _row_terms(plan: _Plan, labels: Any, n_classes: int, sw: Any, cw: Any, xp: Any) -> _generic.RowTerms:
+    options = {
+        "dtype": plan.work, "reduction": plan.reduction, "label_smoothing": plan.label_smoothing, "xp": xp,
+        "sample_weight": None if sw is None else xp.astype(sw, plan.work),
+        "class_weight": None if cw is None else xp.astype(cw, plan.work),
+    }  # fmt: skip
+    if plan.soft:
+        return _generic.soft_row_terms(labels, **options)
+    return _generic.index_row_terms(
+        labels, n_classes=n_classes, ignore_index=plan.ignore_index, checked=plan.checked, **options
+    )
 
 
 def _kernel(xp: Any, arrays: list[Any]) -> _generic.Kernel:
@@ -145,22 +161,63 @@ def _reduce(row_loss: Any, reduction: str, xp: Any) -> Any:
     return row_loss if reduction == "none" else xp.sum(row_loss)
 
 
+def _run(core: Callable[..., Any], arrays: tuple[Any, ...], xp: Any, **static: Any) -> Any:
+    """``core(*arrays, **static)``; eager JAX runs it as one compiled function (op by op, JAX compiles
+    every operation for every new shape)."""
+    if is_jax_namespace(xp) and not any(_backends.is_jax_tracer(a) for a in arrays if a is not None):
+        return _backends.jax_compiled(core, xp=xp, **static)(*arrays)
+    return core(*arrays, xp=xp, **static)
+
+
+# -- the computations, after validation ------------------------------------------------------------------
+def _logits_core(
+    logits: Any, labels: Any, sw: Any, cw: Any, *, plan: _Plan, want_grad: bool, xp: Any
+) -> tuple[Any, Any | None]:
+    terms = _row_terms(plan, labels, logits.shape[1], sw, cw, xp)
+    z = xp.astype(logits, plan.work, copy=False)
+    row_loss, G = _kernel(xp, [logits])(z, terms, want_grad=want_grad, xp=xp)
+    loss = xp.astype(_reduce(row_loss, plan.reduction, xp), plan.dtype, copy=False)
+    return loss, (None if G is None else xp.astype(G, plan.dtype, copy=False))
+
+
+def _linear_core(
+    W: Any, X: Any, y: Any, b: Any, sw: Any, cw: Any, reg: Any, *,
+    plan: _Plan, has_reg: bool, chunk_rows: int, xp: Any,
+) -> tuple[Any, ...]:  # fmt: skip
+    n_classes = W.shape[1]
+    terms = _row_terms(plan, y, n_classes, sw, cw, xp)
+    Ww, Xw = xp.astype(W, plan.work, copy=False), xp.astype(X, plan.work, copy=False)
+    bw = None if b is None else xp.astype(b, plan.work, copy=False)
+    kernel = _kernel(xp, [W, X, b])
+    scores = None
+    if kernel is _backends.eager_cpu_block:
+        scores = _backends.eager_cpu_scores(chunk_rows, n_classes, xp=xp)
+    row_loss, dW, db = _generic.linear_model_grads(
+        Ww, Xw, bw, terms, chunk_rows=chunk_rows, xp=xp, kernel=kernel, scores=scores
+    )
+    loss = _reduce(row_loss, plan.reduction, xp)
+    if has_reg:
+        if plan.reduction != "none":
+            loss = loss + reg * xp.sum(Ww * Ww)
+        dW = dW + (2 * reg) * Ww
+    out = (xp.astype(loss, plan.dtype, copy=False), xp.astype(dW, plan.dtype, copy=False))
+    return out if b is None else (*out, xp.astype(db, plan.dtype, copy=False))
+
+
 # -- public API ------------------------------------------------------------------------------------------
 def _logits_loss(
     logits: Any, labels: Any, options: dict[str, Any], xp: Any, *, want_grad: bool
 ) -> tuple[Any, Any | None]:
-    named = {"logits": logits, "labels": labels}
-    xp = namespace_of(named | {k: options[k] for k in ("sample_weight", "class_weight")}, xp)
+    sw, cw = options["sample_weight"], options["class_weight"]
+    xp = namespace_of({"logits": logits, "labels": labels, "sample_weight": sw, "class_weight": cw}, xp)
     check_matrix("logits", logits, what="(n_samples, n_classes)")
     n, n_classes = logits.shape
-    dtype, work, terms = _prepare({"logits": logits}, labels, n=n, n_classes=n_classes, xp=xp, **options)
+    plan = _plan({"logits": logits}, labels, n=n, n_classes=n_classes, xp=xp, **options)
     if n == 0:  # nothing to reduce over (Dask cannot even build the graph of a max over 0 rows)
-        G = xp.zeros(logits.shape, dtype=dtype, device=device(logits))
-        return xp.zeros((0,) if options["reduction"] == "none" else (), dtype=dtype, device=device(logits)), G
-    z = xp.astype(logits, work, copy=False)
-    row_loss, G = _kernel(xp, [logits])(z, terms, want_grad=want_grad, xp=xp)
-    loss = xp.astype(_reduce(row_loss, options["reduction"], xp), dtype, copy=False)
-    return loss, (None if G is None else xp.astype(G, dtype, copy=False))
+        G = xp.zeros(logits.shape, dtype=plan.dtype, device=device(logits))
+        shape = (0,) if plan.reduction == "none" else ()
+        return xp.zeros(shape, dtype=plan.dtype, device=device(logits)), G
+    return _run(_logits_core, (logits, labels, sw, cw), xp, plan=plan, want_grad=want_grad)
 
 
 def softmax_cross_entropy(
@@ -313,22 +370,10 @@ def softmax_loss(
         not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
-    dtype, work, terms = _prepare(named, y, n=n, n_classes=n_classes, xp=xp, **options)
-    Ww, Xw = xp.astype(W, work, copy=False), xp.astype(X, work, copy=False)
-    bw = None if b is None else xp.astype(b, work, copy=False)
-
-    kernel = _kernel(xp, [W, X, b])
-    scores = None
+    plan = _plan(named, y, n=n, n_classes=n_classes, xp=xp, **options)
+    has_reg = not (isinstance(reg, numbers.Real) and reg == 0)
     rows = max(1, min(chunk_size or n, n))
-    if kernel is _backends.eager_cpu_block:
-        scores = _backends.eager_cpu_scores(rows, n_classes, xp=xp)
-    row_loss, dW, db = _generic.linear_model_grads(
-        Ww, Xw, bw, terms, chunk_rows=rows, xp=xp, kernel=kernel, scores=scores
-    )
-    loss = _reduce(row_loss, reduction, xp)
-    if not (isinstance(reg, numbers.Real) and reg == 0):
-        if reduction != "none":
-            loss = loss + reg * xp.sum(Ww * Ww)
-        dW = dW + (2 * reg) * Ww
-    out = (xp.astype(loss, dtype, copy=False), xp.astype(dW, dtype, copy=False))
-    return out if b is None else (*out, xp.astype(db, dtype, copy=False))
+    return _run(
+        _linear_core, (W, X, y, b, sample_weight, class_weight, reg), xp,
+        plan=plan, has_reg=has_reg, chunk_rows=rows,
+    )  # fmt: skip

@@ -154,6 +154,11 @@ def subtract_onehot(G: Any, labels: Any, values: Any, *, xp: Any) -> Any:
     return xp.where(_onehot_mask(labels, G, xp=xp), G - values[:, None], G)
 
 
+def _times(coefficient: Any, x: Any, *, xp: Any) -> Any:
+    # A zero coefficient (ignored row) contributes 0 even where x is -inf (masked target).
+    return coefficient * xp.where(coefficient == 0, 0.0, x)
+
+
 def block_loss_and_grad(
     z: Any,
     terms: RowTerms,
@@ -179,10 +184,10 @@ def block_loss_and_grad(
         q = terms.soft
         linear = terms.alpha * xp.sum(xp.where(q != 0, q * d, 0.0), axis=1)
     else:
-        linear = terms.alpha * gather_labels(d, terms.labels, xp=xp)
+        linear = _times(terms.alpha, gather_labels(d, terms.labels, xp=xp), xp=xp)
         if terms.beta is not None:
             cw = terms.class_weight
-            linear = linear + terms.beta * (xp.sum(d, axis=1) if cw is None else d @ cw)
+            linear = linear + _times(terms.beta, xp.sum(d, axis=1) if cw is None else d @ cw, xp=xp)
     loss = xp.where(dead, 0.0, terms.gamma * xp.log(s) - linear)
     if terms.zero_rows is not None:
         loss = xp.where(terms.zero_rows, 0.0, loss)
