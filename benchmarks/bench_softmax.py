@@ -42,8 +42,8 @@ def numpy_methods(W, X, y, G, reg) -> dict[str, Callable[[], object]]:
     methods: dict[str, Callable[[], object]] = {
         "X @ W + X.T @ G (bound)": lambda: (X @ W, X.T @ G),
         "softdist.softmax_loss": lambda: softdist.softmax_loss(W, X, y, reg=reg),
-        "softdist.softmax_loss(chunk_size=N)": lambda: softdist.softmax_loss(W, X, y, reg=reg,
-                                                                              chunk_size=X.shape[0]),
+        "softdist.softmax_loss(chunk_size=4096)": lambda: softdist.softmax_loss(W, X, y, reg=reg,
+                                                                                 chunk_size=4096),
         "hand-written NumPy (CS231n)": lambda: cs231n_numpy(W, X, y, reg),
     }  # fmt: skip
     try:
@@ -76,8 +76,8 @@ def torch_methods(W, X, y, G, reg) -> dict[str, Callable[[], object]]:
     return {
         "X @ W + X.T @ G (bound)": lambda: (tX @ tW, tX.T @ tG),
         "softdist.softmax_loss": lambda: softdist.softmax_loss(tW, tX, ty, reg=reg),
-        "softdist.softmax_loss(chunk_size=N)": lambda: softdist.softmax_loss(tW, tX, ty, reg=reg,
-                                                                              chunk_size=X.shape[0]),
+        "softdist.softmax_loss(chunk_size=4096)": lambda: softdist.softmax_loss(tW, tX, ty, reg=reg,
+                                                                                 chunk_size=4096),
         "torch F.cross_entropy + autograd": autograd,
     }  # fmt: skip
 
@@ -143,7 +143,7 @@ def memory_rows(n: int, d: int, c: int) -> list[dict]:
     W = (0.01 * rng.standard_normal((d, c))).astype(np.float32)
     y = rng.integers(0, c, n)
     out = []
-    for chunk in (None, 4096, n):
+    for chunk in (None, 65536, 4096):
         mib = peak_extra_mib(lambda chunk=chunk: softdist.softmax_loss(W, X, y, chunk_size=chunk))
         out.append({"n": n, "d": d, "c": c, "chunk_size": chunk, "peak_extra_mib": mib,
                     "scores_mib": n * c * 4 / 2**20})  # fmt: skip

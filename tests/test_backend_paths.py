@@ -94,8 +94,8 @@ def test_eager_cpu_softmax_kernel_equals_generic(library, dtype, options, rng):
     sw = convert(rng.random(z_np.shape[0]).astype(dtype)) if options.pop("sample_weight", False) else None
     terms = generic_softmax.index_row_terms(
         labels, n_classes=z_np.shape[1], dtype=z.dtype, sample_weight=sw, class_weight=None,
-        label_smoothing=0.0, ignore_index=options.get("ignore_index"), reduction=options.get("reduction", "mean"),
-        checked=True, xp=xp,
+        label_smoothing=0.0, ignore_index=options.get("ignore_index"),
+        reduction=options.get("reduction", "mean"), checked=True, xp=xp,
     )  # fmt: skip
     slow_loss, slow_grad = generic_softmax.block_loss_and_grad(z, terms, want_grad=True, xp=xp)
     fast_loss, fast_grad = _backends.eager_cpu_block(z, terms, want_grad=True, xp=xp)

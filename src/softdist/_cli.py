@@ -1,4 +1,5 @@
-"""`softdist` / `python -m softdist`: distances on every installed backend, checked against NumPy."""
+"""`softdist` / `python -m softdist`: softmax cross-entropy and distances on every installed backend,
+checked against NumPy references in extended precision."""
 
 from __future__ import annotations
 
@@ -8,11 +9,22 @@ import time
 
 import numpy as np
 
-from . import pairwise_sqdist
-from .testing import BACKENDS, SQDIST_RTOL, Backend, hard_datasets, reference_sqdist
+from . import pairwise_sqdist, softmax_loss
+from .testing import (
+    BACKENDS,
+    SQDIST_RTOL,
+    Backend,
+    hard_datasets,
+    reference_softmax_loss,
+    reference_sqdist,
+)
+
+# Normwise relative error the softmax loss and gradients promise (README "Softmax cross-entropy").
+SOFTMAX_RTOL = {"float32": 1e-5, "float64": 1e-12}
 
 
-def _check(backend: Backend, dtype: str, A: np.ndarray, B: np.ndarray) -> tuple[float, float]:
+def _check_sqdist(backend: Backend, dtype: str, data: dict) -> tuple[float, float]:
+    A, B = data["A"], data["B"]
     exact = reference_sqdist(A.astype(dtype), B.astype(dtype))
     A_b, B_b = backend.asarray(A, dtype), backend.asarray(B, dtype)
     start = time.perf_counter()
@@ -25,11 +37,41 @@ def _check(backend: Backend, dtype: str, A: np.ndarray, B: np.ndarray) -> tuple[
     return rel, seconds
 
 
+def _check_softmax(backend: Backend, dtype: str, data: dict) -> tuple[float, float]:
+    W, X, y, b, cw = (data[k].astype(dtype) if k != "y" else data[k] for k in ("W", "X", "y", "b", "cw"))
+    options = {"reg": 1e-2, "label_smoothing": 0.1}
+    want = reference_softmax_loss(W, X, y, b=b, class_weight=cw, **options)
+    args = [backend.asarray(a) for a in (W, X, y)]
+    start = time.perf_counter()
+    got = backend.call(softmax_loss, *args, b=backend.asarray(b), class_weight=backend.asarray(cw), **options)
+    got = [backend.to_numpy(g).astype(np.float64) for g in got]
+    seconds = time.perf_counter() - start
+    return max(
+        float(np.max(np.abs(g - w)) / np.max(np.abs(w))) for g, w in zip(got, want, strict=True)
+    ), seconds
+
+
+def _data() -> dict:
+    rng = np.random.default_rng(0)
+    # Distances: near-duplicates and exact duplicates at magnitude 1e4, where the plain expansion fails.
+    A, B = hard_datasets(rng, n=300, m=200, d=32)["near-duplicates-1e4"]
+    # Softmax: confident, large logits (|scores| ~ 100), class weights, smoothing, a penalty and a bias.
+    X = 10 * rng.standard_normal((2000, 32))
+    return {"A": A, "B": B, "X": X, "W": rng.standard_normal((32, 10)), "y": rng.integers(0, 10, 2000),
+            "b": rng.standard_normal(10), "cw": rng.random(10) + 0.5}  # fmt: skip
+
+
+CHECKS = {
+    "softmax_loss": (_check_softmax, SOFTMAX_RTOL, "(loss, dW, db) of a 2000 x 32 -> 10 linear model"),
+    "pairwise_sqdist": (_check_sqdist, SQDIST_RTOL, "300 x 200 points at magnitude 1e4 with duplicates"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="softdist",
-        description="Compute pairwise squared distances on every installed array backend and check "
-        "each against an exact NumPy float64 reference.",
+        description="Compute the softmax loss with its gradients and pairwise squared distances on every "
+        "installed array backend and check each against an extended-precision NumPy reference.",
     )
     parser.add_argument("--backend", action="append", help="only these backends (repeatable)")
     parser.add_argument("--dtype", choices=["float32", "float64"], action="append")
@@ -42,23 +84,25 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [b for b in BACKENDS if not args.backend or b.name in args.backend]
     dtypes = args.dtype or ["float32", "float64"]
 
-    # Hard data: near-duplicates and exact duplicates at magnitude 1e4, where the plain expansion fails.
-    rng = np.random.default_rng(0)
-    A, B = hard_datasets(rng, n=300, m=200, d=32)["near-duplicates-1e4"]
-
-    print(f"pairwise_sqdist on {A.shape} x {B.shape} data at magnitude 1e4 with duplicates")
-    print(f"{'backend':<16} {'dtype':<8} {'max rel err':>12} {'seconds':>8}  agrees with NumPy")
+    data = _data()
+    for name, (_, _, what) in CHECKS.items():
+        print(f"{name}: {what}")
+    print(
+        f"{'function':<16} {'backend':<16} {'dtype':<8} {'max rel err':>12} {'seconds':>8}  agrees with NumPy"
+    )
     failures, skipped = 0, []
     for backend in chosen:
         reason = backend.skip_reason()
         if reason:
             skipped.append(reason)
             continue
-        for dtype in dtypes:
-            rel, seconds = _check(backend, dtype, A, B)
-            ok = rel <= SQDIST_RTOL[dtype]
-            failures += not ok
-            print(f"{backend.name:<16} {dtype:<8} {rel:>12.2e} {seconds:>8.3f}  {'yes' if ok else 'NO'}")
+        for name, (check, rtol, _) in CHECKS.items():
+            for dtype in dtypes:
+                rel, seconds = check(backend, dtype, data)
+                ok = rel <= rtol[dtype]
+                failures += not ok
+                print(f"{name:<16} {backend.name:<16} {dtype:<8} {rel:>12.2e} {seconds:>8.3f}  "
+                      f"{'yes' if ok else 'NO'}")  # fmt: skip
     for reason in skipped:
         print(f"skipped {reason}")
     if failures:

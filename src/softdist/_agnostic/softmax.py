@@ -211,6 +211,19 @@ def block_loss_and_grad(
 Kernel = Callable[..., tuple[Any, Any | None]]
 
 
+def column_sum(G: Any, *, xp: Any, block: int = 256) -> Any:
+    """Sum over rows in blocks of ``block`` rows, then over the block sums: rounding error grows like
+    (block + N / block) eps rather than N eps (NumPy sums down a column one row at a time: at N = 2000 the
+    bias gradient lost 1.6e-5 in float32, 50x more than PyTorch's cascade sum)."""
+    n, c = G.shape
+    if n <= block:
+        return xp.sum(G, axis=0)
+    k = n // block
+    partial = xp.sum(xp.reshape(G[: k * block, ...], (k, block, c)), axis=1)
+    total = column_sum(partial, xp=xp, block=block)
+    return total if k * block == n else total + xp.sum(G[k * block :, ...], axis=0)
+
+
 # -- the linear model ------------------------------------------------------------------------------------
 def linear_model_grads(
     W: Any,
@@ -243,7 +256,7 @@ def linear_model_grads(
         dW_c = xp.matrix_transpose(xp.matrix_transpose(G) @ Xc)
         dW = dW_c if dW is None else dW + dW_c
         if b is not None:
-            db_c = xp.sum(G, axis=0)
+            db_c = column_sum(G, xp=xp)
             db = db_c if db is None else db + db_c
         losses.append(loss_c)
     if dW is None:  # no rows
