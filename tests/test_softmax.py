@@ -174,36 +174,36 @@ def test_matches_torch_autograd(float_dtype, case, rng):
 
 @pytest.mark.skipif(not has_torch, reason="torch is not installed")
 @pytest.mark.parametrize("case", ["plain", "all_options", "soft_all_options", "all_options_none"])
-def test_softmax_loss_matches_torch_autograd(case, rng):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_softmax_loss_matches_torch_autograd(case, with_bias, rng):
     import torch
     import torch.nn.functional as F
 
     _, labels, options = _case(rng, case, "float64")
     W, X, b = rng.standard_normal((6, C)), rng.standard_normal((N, 6)), rng.standard_normal(C)
     tW, tb = torch.tensor(W, requires_grad=True), torch.tensor(b, requires_grad=True)
-    data = _torch_loss(F, torch, torch.from_numpy(X) @ tW + tb, labels, options)
+    data = _torch_loss(F, torch, torch.from_numpy(X) @ tW + (tb if with_bias else 0.0), labels, options)
     (data.sum() + 0.25 * (tW * tW).sum()).backward()
     t_opts = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
-    loss, dW, db = softdist.softmax_loss(
-        torch.from_numpy(W), torch.from_numpy(X), torch.from_numpy(labels), reg=0.25, b=torch.from_numpy(b),
-        **t_opts,
-    )  # fmt: skip
+    extra = {"b": torch.from_numpy(b)} if with_bias else {}
+    got = softdist.softmax_loss(
+        torch.from_numpy(W), torch.from_numpy(X), torch.from_numpy(labels), reg=0.25, **extra, **t_opts
+    )
+    assert len(got) == (3 if with_bias else 2)
     want_loss = data.detach().numpy() + (0 if options.get("reduction") == "none" else 0.25 * np.sum(W * W))
-    np.testing.assert_allclose(loss.numpy(), want_loss, rtol=1e-12)
-    np.testing.assert_allclose(dW.numpy(), tW.grad.numpy(), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(db.numpy(), tb.grad.numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got[0].numpy(), want_loss, rtol=1e-12)
+    np.testing.assert_allclose(got[1].numpy(), tW.grad.numpy(), rtol=1e-12, atol=1e-15)
+    if with_bias:
+        np.testing.assert_allclose(got[2].numpy(), tb.grad.numpy(), rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.skipif(not has_jax, reason="jax is not installed")
-@pytest.mark.parametrize("case", ["plain", "all_options", "soft_all_options"])
-def test_matches_jax_grad(float_dtype, case, rng):
+def _jax_plain_loss(labels, options, n, c, dtype):
+    """The textbook formula -sum(T * log_softmax(z)) / denominator in JAX, for jax.grad to differentiate."""
     import jax
     import jax.numpy as jnp
 
-    logits, labels, options = _case(rng, case, float_dtype)
-    n, c = logits.shape
-    cw = jnp.asarray(options.get("class_weight", np.ones(c, float_dtype)))
-    sw = jnp.asarray(options.get("sample_weight", np.ones(n, float_dtype)))
+    cw = jnp.asarray(options.get("class_weight", np.ones(c, dtype)))
+    sw = jnp.asarray(options.get("sample_weight", np.ones(n, dtype)))
     eps = options.get("label_smoothing", 0.0)
     ignore = options.get("ignore_index")
     if labels.ndim == 2:
@@ -212,19 +212,58 @@ def test_matches_jax_grad(float_dtype, case, rng):
     else:
         counted = jnp.asarray(labels != ignore if ignore is not None else np.ones(n, bool))
         safe = jnp.where(counted, jnp.asarray(labels), 0)
-        T = jax.nn.one_hot(safe, c, dtype=logits.dtype)
+        T = jax.nn.one_hot(safe, c, dtype=dtype)
         denominator = jnp.sum(jnp.where(counted, sw * cw[safe], 0))
     T = ((1 - eps) * T + eps / c) * cw * (sw * counted)[:, None]
+    scale = 1 / denominator if options.get("reduction", "mean") == "mean" else 1.0
 
-    def plain(z):  # the textbook formula, differentiated by JAX
-        return -jnp.sum(T * jax.nn.log_softmax(z)) / denominator
+    def plain(z):  # "none": the sum of the rows, whose gradient is the per-row gradients
+        return -jnp.sum(T * jax.nn.log_softmax(z)) * scale
 
+    return plain
+
+
+@pytest.mark.skipif(not has_jax, reason="jax is not installed")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_jax_grad(float_dtype, case, rng):
+    import jax
+    import jax.numpy as jnp
+
+    logits, labels, options = _case(rng, case, float_dtype)
+    plain = _jax_plain_loss(labels, options, *logits.shape, float_dtype)
     want_loss, want_grad = jax.value_and_grad(plain)(jnp.asarray(logits))
     jax_opts = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
     loss, grad = softdist.softmax_cross_entropy_and_grad(jnp.asarray(logits), jnp.asarray(labels), **jax_opts)
     tol = TOL[float_dtype]
-    np.testing.assert_allclose(np.asarray(loss), np.asarray(want_loss), **tol)
+    np.testing.assert_allclose(np.sum(np.asarray(loss)), np.asarray(want_loss), **tol)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), **tol)
+
+
+@pytest.mark.skipif(not has_jax, reason="jax is not installed")
+@pytest.mark.parametrize("case", ["plain", "all_options", "soft_all_options"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_softmax_loss_matches_jax_grad(case, with_bias, rng):
+    import jax
+    import jax.numpy as jnp
+
+    _, labels, options = _case(rng, case, "float64")
+    W, X, b = rng.standard_normal((6, C)), rng.standard_normal((N, 6)), rng.standard_normal(C)
+    plain = _jax_plain_loss(labels, options, N, C, "float64")
+
+    def total(W_, b_):
+        scores = jnp.asarray(X) @ W_ + (b_ if with_bias else 0.0)
+        return plain(scores) + 0.25 * jnp.sum(W_ * W_)
+
+    want_loss, (want_dW, want_db) = jax.value_and_grad(total, argnums=(0, 1))(jnp.asarray(W), jnp.asarray(b))
+    jax_opts = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    extra = {"b": jnp.asarray(b)} if with_bias else {}
+    got = softdist.softmax_loss(
+        jnp.asarray(W), jnp.asarray(X), jnp.asarray(labels), reg=0.25, **extra, **jax_opts
+    )
+    want = (want_loss, want_dW, want_db) if with_bias else (want_loss, want_dW)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-12, atol=1e-15)
 
 
 # -- finite differences -------------------------------------------------------------------------------------
