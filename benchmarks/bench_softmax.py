@@ -1,4 +1,5 @@
-"""softmax_loss (loss and dW) against the two matrix products it cannot avoid, and against the peers.
+"""softmax_loss (loss and dW) against the two matrix products it cannot avoid, and against the peers;
+softdist.torch.SoftmaxCrossEntropy against nn.CrossEntropyLoss (forward + backward on logits).
 
 Every row is a ratio to the same backend's ``X @ W`` plus ``X.T @ G`` measured in the same run (medians
 of interleaved repeats), so machine load affects numerator and denominator alike. Each backend is timed
@@ -106,6 +107,36 @@ def jax_methods(W, X, y, G, reg) -> dict[str, Callable[[], object]]:
     }
 
 
+def torch_module_rows(n: int, c: int, repeats: int) -> list[dict]:
+    """forward + backward of softdist.torch.SoftmaxCrossEntropy against nn.CrossEntropyLoss on logits."""
+    try:
+        import torch
+
+        import softdist.torch as st
+    except ImportError:
+        return []
+    logits = torch.randn(n, c, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(1))
+
+    def step(loss_fn):
+        def run():
+            z = logits.detach().requires_grad_()
+            loss_fn(z, labels).backward()
+            return z.grad
+
+        return run
+
+    methods = {"nn.CrossEntropyLoss (bound)": step(torch.nn.CrossEntropyLoss()),
+               "softdist.torch.SoftmaxCrossEntropy": step(st.SoftmaxCrossEntropy())}  # fmt: skip
+    times = timed(methods, repeats)
+    bound = times["nn.CrossEntropyLoss (bound)"]
+    return [
+        {"backend": "torch-cpu", "method": f"{name}, forward + backward", "n": n, "d": "—", "c": c,
+         "dtype": "float32", "seconds": t, "ratio_to_bound": t / bound}
+        for name, t in times.items()
+    ]  # fmt: skip
+
+
 def peak_extra_mib(fn: Callable[[], object]) -> float:
     """Peak NumPy memory allocated during ``fn`` (tracemalloc sees NumPy's allocations)."""
     tracemalloc.start()
@@ -174,6 +205,9 @@ def main() -> None:
     rows = []
     for c in args.classes:
         rows += bench_case(20000, 512, c, args.repeats, args.backends)
+    if "torch-cpu" in args.backends:
+        for c in args.classes:
+            rows += torch_module_rows(20000, c, args.repeats)
     memory = memory_rows(200_000, 64, 100)
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__}  # fmt: skip

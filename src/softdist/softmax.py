@@ -65,6 +65,8 @@ def _values_are_concrete(xp: Any, *arrays: Any) -> bool:
         return False
     if is_jax_namespace(xp):
         return not any(_backends.is_jax_tracer(a) for a in arrays if a is not None)
+    if is_torch_namespace(xp):
+        return not _backends.is_torch_transformed(list(arrays))
     return True
 
 
@@ -151,6 +153,8 @@ def _kernel(xp: Any, arrays: list[Any]) -> _generic.Kernel:
     if is_numpy_namespace(xp) or is_torch_namespace(xp):
         if _backends.eager_cpu_fast_path_applies(arrays, xp=xp):
             return _backends.eager_cpu_block
+        if is_torch_namespace(xp) and _backends.is_torch_transformed(arrays):
+            return _generic.block_loss_and_grad  # no in-place scatter on vmap-batched tensors
         return functools.partial(_generic.block_loss_and_grad, scatter=_backends.scatter_subtract)
     if is_jax_namespace(xp):
         return functools.partial(_generic.block_loss_and_grad, scatter=_backends.scatter_subtract)

@@ -168,15 +168,27 @@ def dask_pairwise_sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
 # by the generic kernel, so the result is the generic one (tests/test_backend_paths.py). The loss uses
 # log(sum_k exp(z_k) * exp(-z_y)), as accurate as the shifted form. softmax_loss: the textbook NumPy code
 # is 1.22-1.33x the two matrix products, this 1.10-1.17x; PyTorch 1.04x (benchmarks/bench_softmax.py).
+def is_torch_transformed(arrays: list[Any]) -> bool:
+    """True inside torch.func transforms (vmap, grad, jacrev...): values may be batched or abstract, so
+    no Python branching on them and no in-place writes."""
+    import torch
+
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(a) for a in arrays if a is not None)
+
+
 def eager_cpu_fast_path_applies(arrays: list[Any], *, xp: Any) -> bool:
-    """NumPy, or PyTorch on the CPU outside autograd (in-place ops would break a recorded graph)."""
+    """NumPy, or PyTorch on the CPU while no autograd graph is recorded through us (in-place ops would
+    break it) and outside torch.func transforms."""
     if is_numpy_namespace(xp):
         return True
     import torch
 
     present = [a for a in arrays if a is not None]
-    return all(
-        isinstance(a, torch.Tensor) and a.device.type == "cpu" and not a.requires_grad for a in present
+    recording = torch.is_grad_enabled() and any(a.requires_grad for a in present)
+    return (
+        not recording
+        and not is_torch_transformed(present)
+        and all(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in present)
     )
 
 
