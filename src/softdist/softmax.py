@@ -60,24 +60,27 @@ def _check_targets(labels: Any, n: Any, n_classes: Any, ignore_index: Any, xp: A
 
 
 def _values_are_concrete(xp: Any, *arrays: Any) -> bool:
-    """False under jax.jit/grad and for Dask, where reading a value would need a trace break or compute."""
+    """False for Dask and inside torch.func transforms, where reading a value needs a compute or is
+    impossible; JAX is decided on the values themselves (see _check_label_values)."""
     if is_dask_namespace(xp):
         return False
-    if is_jax_namespace(xp):
-        return not any(_backends.is_jax_tracer(a) for a in arrays if a is not None)
     if is_torch_namespace(xp):
         return not _backends.is_torch_transformed(list(arrays))
     return True
 
 
-def _check_label_values(labels: Any, n_classes: int, ignore_index: int | None, xp: Any) -> None:
-    """Eager backends only: one reduction and one host read, before any work."""
+def _check_label_values(labels: Any, n_classes: int, ignore_index: int | None, xp: Any) -> bool:
+    """Raise on labels that are not class indices; False when the values cannot be read (inside a JAX
+    trace, even of constants), True when they were checked. One reduction and one host read."""
     bad = (labels < 0) | (labels >= n_classes)
     if xp.isdtype(labels.dtype, "real floating"):
         bad = bad | (labels != xp.floor(labels))  # NaN too
     if ignore_index is not None:
         bad = bad & (labels != ignore_index)
-    if bool(xp.any(bad)):
+    any_bad = xp.any(bad)
+    if is_jax_namespace(xp) and _backends.is_jax_tracer(any_bad):
+        return False
+    if bool(any_bad):
         (where,) = xp.nonzero(bad)
         first = int(where[0])
         value = labels[first]
@@ -87,6 +90,7 @@ def _check_label_values(labels: Any, n_classes: int, ignore_index: int | None, x
             f"labels must be integer class indices in {allowed}; got {where.shape[0]} invalid "
             f"value(s), first labels[{first}] = {value}"
         )
+    return True
 
 
 @dataclass(frozen=True)
@@ -128,9 +132,11 @@ def _plan(
     for name, w in (("sample_weight", sample_weight), ("class_weight", class_weight)):
         if w is not None:
             float_dtype_of({name: w}, xp)  # complex/other dtypes: TypeError naming the argument
-    checked = not soft and _values_are_concrete(xp, labels)
-    if checked:
-        _check_label_values(labels, n_classes, ignore_index, xp)
+    checked = (
+        not soft
+        and _values_are_concrete(xp, labels)
+        and _check_label_values(labels, n_classes, ignore_index, xp)
+    )
     return _Plan(
         reduction, float(label_smoothing), ignore_index, soft, checked, dtype, working_dtype(dtype, xp)
     )
@@ -168,8 +174,11 @@ def _reduce(row_loss: Any, reduction: str, xp: Any) -> Any:
 def _run(core: Callable[..., Any], arrays: tuple[Any, ...], xp: Any, **static: Any) -> Any:
     """``core(*arrays, **static)``; eager JAX runs it as one compiled function (op by op, JAX compiles
     every operation for every new shape)."""
-    if is_jax_namespace(xp) and not any(_backends.is_jax_tracer(a) for a in arrays if a is not None):
-        return _backends.jax_compiled(core, xp=xp, **static)(*arrays)
+    if is_jax_namespace(xp):
+        with _backends.jax_highest_precision():
+            if any(_backends.is_jax_tracer(a) for a in arrays if a is not None):
+                return core(*arrays, xp=xp, **static)
+            return _backends.jax_compiled(core, xp=xp, **static)(*arrays)
     return core(*arrays, xp=xp, **static)
 
 

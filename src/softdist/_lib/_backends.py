@@ -108,10 +108,22 @@ def jax_pairwise_sqdist(A: Any, B: Any | None, *, xp: Any) -> Any:
     jitted = _JAX_JITTED[symmetric]
     B_ = A if symmetric else B
     D, count = jitted(A, B_, budget=n + m)
+    if is_jax_tracer(count):  # concrete inputs inside someone's trace (closed-over constants)
+        return D
     count = int(count)  # eager-only path: the size of the second pass depends on the data
     if count > n + m:
         D, _ = jitted(A, B_, budget=1 << (count - 1).bit_length())
     return D
+
+
+@contextlib.contextmanager
+def jax_highest_precision() -> Iterator[None]:
+    """Matrix products at full float32 precision: JAX's default on GPUs/TPUs may use TF32 or bfloat16
+    passes, which would silently void the accuracy softdist promises."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 _JAX_COMPILED: dict[Any, Any] = {}

@@ -1,0 +1,132 @@
+"""softdist.jax under every JAX transform, an optax training step, and the generic functions under
+jit/vmap with full-precision matrix products."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+import softdist  # noqa: E402
+import softdist.jax as sj  # noqa: E402
+from softdist.testing import enable_jax_x64  # noqa: E402
+
+enable_jax_x64()
+N, C = 9, 4
+OPTIONS = {
+    "plain": {},
+    "all": {"class_weight": np.linspace(0.5, 1.5, C), "sample_weight": np.linspace(1, 2, N),
+            "label_smoothing": 0.1, "ignore_index": 1},
+    "none": {"reduction": "none", "label_smoothing": 0.2},
+}  # fmt: skip
+
+
+def _data(seed: int):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.standard_normal((N, C))), jnp.asarray(rng.integers(0, C, N))
+
+
+def _plain(labels, options):
+    """-sum(T * log_softmax(z)) / denominator: the textbook formula for JAX to differentiate."""
+    cw = jnp.asarray(options.get("class_weight", np.ones(C)))
+    sw = jnp.asarray(options.get("sample_weight", np.ones(N)))
+    eps = options.get("label_smoothing", 0.0)
+    ignore = options.get("ignore_index")
+    counted = labels != ignore if ignore is not None else jnp.ones(N, bool)
+    safe = jnp.where(counted, labels, 0)
+    T = ((1 - eps) * jax.nn.one_hot(safe, C) + eps / C) * cw * (sw * counted)[:, None]
+
+    def f(z):
+        rows = -jnp.sum(T * jax.nn.log_softmax(z), axis=1)
+        if options.get("reduction") == "none":
+            return rows
+        return jnp.sum(rows) / jnp.sum(jnp.where(counted, sw * cw[safe], 0))
+
+    return f
+
+
+def _ours(labels, options):
+    opts = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    return lambda z: sj.softmax_cross_entropy(z, labels, **opts)
+
+
+def _close(a, b):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_every_transform_matches_the_plain_formula(name):
+    z, y = _data(0)
+    ours, plain = _ours(y, OPTIONS[name]), _plain(y, OPTIONS[name])
+    tangent = jnp.asarray(np.random.default_rng(1).standard_normal((N, C)))
+    _close(ours(z), plain(z))
+    _close(jax.jvp(ours, (z,), (tangent,))[1], jax.jvp(plain, (z,), (tangent,))[1])
+    _close(jax.jacfwd(ours)(z), jax.jacfwd(plain)(z))
+    _close(jax.jacrev(ours)(z), jax.jacrev(plain)(z))
+    _close(jax.jit(jax.jacrev(ours))(z), jax.jacrev(plain)(z))
+    batch = jnp.stack([z, 2 * z, z - 1])
+    _close(jax.vmap(ours)(batch), jax.vmap(plain)(batch))
+    if OPTIONS[name].get("reduction") != "none":
+        _close(jax.grad(ours)(z), jax.grad(plain)(z))
+        _close(jax.hessian(ours)(z), jax.hessian(plain)(z))
+        _close(jax.vmap(jax.grad(ours))(batch), jax.vmap(jax.grad(plain))(batch))
+
+
+def test_optax_training_step_under_jit():
+    optax = pytest.importorskip("optax")
+    rng = np.random.default_rng(2)
+    X = jnp.asarray(rng.standard_normal((128, 6)), dtype=jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, 128))
+
+    def train(loss_of_logits):
+        params = {"W": jnp.zeros((6, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+        opt = optax.adam(0.1)
+        state = opt.init(params)
+
+        @jax.jit
+        def step(params, state):
+            loss, grads = jax.value_and_grad(lambda p: loss_of_logits(X @ p["W"] + p["b"]))(params)
+            updates, state = opt.update(grads, state)
+            return optax.apply_updates(params, updates), state, loss
+
+        losses = []
+        for _ in range(30):
+            params, state, loss = step(params, state)
+            losses.append(float(loss))
+        return np.array(losses)
+
+    ours = train(lambda z: sj.softmax_cross_entropy(z, y))
+    theirs = train(lambda z: optax.softmax_cross_entropy_with_integer_labels(z, y).mean())
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    assert ours[-1] < ours[0]
+
+
+def test_generic_functions_under_jit_and_vmap():
+    rng = np.random.default_rng(3)
+    W, X = jnp.asarray(rng.standard_normal((5, C))), jnp.asarray(rng.standard_normal((3, N, 5)))
+    y = jnp.asarray(rng.integers(0, C, N))
+    batched = jax.jit(jax.vmap(lambda x: softdist.softmax_loss(W, x, y, reg=0.1)))(X)
+    for i in range(3):
+        eager = softdist.softmax_loss(W, X[i], y, reg=0.1)
+        _close(batched[0][i], eager[0])
+        _close(batched[1][i], eager[1])
+    D = jax.jit(jax.vmap(softdist.pairwise_sqdist))(X)
+    for i in range(3):
+        np.testing.assert_allclose(
+            np.asarray(D[i]), np.asarray(softdist.pairwise_sqdist(X[i])), rtol=1e-9, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("func", ["softmax_loss", "pairwise_sqdist"])
+def test_matrix_products_request_highest_precision(func):
+    W, X, y = jnp.ones((3, C)), jnp.ones((N, 3)), jnp.zeros(N, dtype=int)
+    call = {
+        "softmax_loss": lambda: softdist.softmax_loss(W, X, y),
+        "pairwise_sqdist": lambda: softdist.pairwise_sqdist(X),
+    }
+    jaxpr = str(jax.make_jaxpr(call[func])())
+    dots = jaxpr.count("dot_general")
+    assert dots > 0
+    assert jaxpr.count("precision=(Precision.HIGHEST, Precision.HIGHEST)") == dots
