@@ -5,6 +5,8 @@ from .softmax import softmax_cross_entropy, softmax_cross_entropy_and_grad, soft
 
 __version__ = "0.1.0"
 __all__ = [
+    "KNeighborsClassifier",
+    "SoftmaxClassifier",
     "__version__",
     "pairwise_distances",
     "pairwise_sqdist",
@@ -12,3 +14,12 @@ __all__ = [
     "softmax_cross_entropy_and_grad",
     "softmax_loss",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The scikit-learn estimators import scikit-learn: only when asked for.
+    if name in ("KNeighborsClassifier", "SoftmaxClassifier"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'softdist' has no attribute {name!r}")

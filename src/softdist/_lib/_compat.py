@@ -12,9 +12,10 @@ from array_api_compat import (
     is_torch_namespace,
     is_writeable_array,
 )
-from array_api_extra import at, default_dtype
+from array_api_extra import argpartition, at, default_dtype
 
 __all__ = [
+    "argpartition",
     "array_namespace",
     "at",
     "default_dtype",

@@ -1,0 +1,290 @@
+"""scikit-learn estimators on softdist: a softmax (multinomial logistic) classifier trained by minibatch
+gradient descent on :func:`softdist.softmax_loss`, and k-nearest-neighbour classification on
+:func:`softdist.pairwise_sqdist`.
+
+NumPy input (and lists, pandas) goes through scikit-learn's own validation; an array from another array
+API library (PyTorch, JAX, CuPy, array-api-strict) stays in that library and on its device: the fitted
+attributes and the predictions are arrays of it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._lib._compat import argpartition, array_namespace, device, is_array_api_obj, is_numpy_namespace
+from ._lib._validation import float_dtype_of
+from .distances import pairwise_sqdist
+from .softmax import softmax_loss
+
+__all__ = ["KNeighborsClassifier", "SoftmaxClassifier"]
+
+
+def _is_foreign_array(x: Any) -> bool:
+    """An array of an array API library other than NumPy: kept in its library and on its device."""
+    return is_array_api_obj(x) and not is_numpy_namespace(array_namespace(x))
+
+
+class _ArrayAPIClassifier(ClassifierMixin, BaseEstimator):
+    """Input validation and label encoding shared by the estimators, for NumPy and foreign arrays."""
+
+    def _fit_inputs(self, X: Any, y: Any) -> tuple[Any, Any, Any]:
+        """(X as floats, y as class indices, xp); sets n_features_in_ and classes_."""
+        if _is_foreign_array(X):
+            xp = array_namespace(X, y)
+            X = self._foreign_X(X, xp, reset=True)
+            if y is None:
+                raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
+            if y.ndim != 1 or y.shape[0] != X.shape[0]:
+                raise ValueError(f"y must have shape ({X.shape[0]},); got {tuple(y.shape)}")
+            self.classes_, y_idx = xp.unique_inverse(y)
+            return X, y_idx, xp
+        X, y = validate_data(self, X, y, dtype=["float64", "float32"])
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        xp = array_namespace(X)
+        return X, xp.asarray(encoder.transform(y)), xp
+
+    def _predict_inputs(self, X: Any) -> tuple[Any, Any]:
+        check_is_fitted(self)
+        if _is_foreign_array(X):
+            xp = array_namespace(X)
+            return self._foreign_X(X, xp, reset=False), xp
+        X = validate_data(self, X, dtype=["float64", "float32"], reset=False)
+        return X, array_namespace(X)
+
+    def _foreign_X(self, X: Any, xp: Any, *, reset: bool) -> Any:
+        if X.ndim != 2:
+            raise ValueError(f"Expected a 2-D array (n_samples, n_features); got shape {tuple(X.shape)}")
+        if reset:
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        X = xp.astype(X, float_dtype_of({"X": X}, xp), copy=False)
+        if not bool(xp.all(xp.isfinite(X))):  # one host read per call, as scikit-learn's own check
+            raise ValueError("Input X contains NaN or infinity.")
+        return X
+
+    def _take_classes(self, indices: Any, xp: Any) -> Any:
+        if is_numpy_namespace(xp):
+            return self.classes_[indices]
+        return xp.take(self.classes_, indices, axis=0)
+
+    def predict(self, X: Any) -> Any:
+        """The most probable class of each row, in the type of ``classes_``."""
+        proba = self.predict_proba(X)
+        xp = array_namespace(proba)
+        return self._take_classes(xp.argmax(proba, axis=1), xp)
+
+
+class SoftmaxClassifier(_ArrayAPIClassifier):
+    """Multinomial logistic regression trained by minibatch gradient descent on ``softmax_loss``.
+
+    Parameters
+    ----------
+    reg : float, default=1e-4
+        L2 penalty ``reg * sum(W**2)`` added to the mean cross-entropy (the bias is not penalised).
+    learning_rate : float, default=0.01
+    solver : {"adam", "momentum"}, default="adam"
+        Adam (beta1 0.9, beta2 0.999), or SGD with Nesterov momentum 0.9.
+    max_iter : int, default=200
+        Maximum number of epochs (passes over the data).
+    batch_size : int, default=200
+        Rows per minibatch (capped at n_samples).
+    tol : float, default=1e-4
+        Stop when the epoch's mean loss has not improved by ``tol`` for ``n_iter_no_change`` epochs.
+    n_iter_no_change : int, default=5
+    fit_intercept : bool, default=True
+    random_state : int, RandomState or None
+        Seeds the minibatch order (the same order on every array library, so fits agree).
+
+    Attributes
+    ----------
+    coef_ : array, shape (n_classes, n_features)
+    intercept_ : array, shape (n_classes,)
+    classes_, n_features_in_, n_iter_, loss_curve_ (mean loss of each epoch, Python floats)
+    """
+
+    _parameter_constraints: dict = {  # noqa: RUF012 - scikit-learn's convention
+        "reg": [Interval(numbers.Real, 0, None, closed="left")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "solver": [StrOptions({"adam", "momentum"})],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+        "fit_intercept": ["boolean"],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        reg: float = 1e-4,
+        learning_rate: float = 0.01,
+        solver: str = "adam",
+        max_iter: int = 200,
+        batch_size: int = 200,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 5,
+        fit_intercept: bool = True,
+        random_state: Any = None,
+    ) -> None:
+        self.reg = reg
+        self.learning_rate = learning_rate
+        self.solver = solver
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.fit_intercept = fit_intercept
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> SoftmaxClassifier:
+        self._validate_params()
+        X, y_idx, xp = self._fit_inputs(X, y)
+        n, d = X.shape
+        c = self.classes_.shape[0]
+        dev = device(X)
+        params = [xp.zeros((d, c), dtype=X.dtype, device=dev), xp.zeros((c,), dtype=X.dtype, device=dev)]
+        state = [[xp.zeros_like(p) for p in params], [xp.zeros_like(p) for p in params]]
+        rng = check_random_state(self.random_state)
+        batch = min(self.batch_size, n)
+        self.loss_curve_, best, stale, step = [], float("inf"), 0, 0
+        for _ in range(self.max_iter):
+            order = xp.asarray(rng.permutation(n), device=dev)  # host-drawn: identical on every library
+            total = 0.0
+            for start in range(0, n, batch):
+                rows = order[start : min(start + batch, n)]
+                b = params[1] if self.fit_intercept else None
+                out = softmax_loss(
+                    params[0], xp.take(X, rows, axis=0), xp.take(y_idx, rows), reg=self.reg, b=b
+                )
+                step += 1
+                self._update(params, list(out[1:]), state, step, xp)
+                total = total + out[0] * rows.shape[0]
+            self.loss_curve_.append(float(total) / n)  # one host read per epoch
+            if self.loss_curve_[-1] > best - self.tol:
+                stale += 1
+            else:
+                stale = 0
+            best = min(best, self.loss_curve_[-1])
+            if stale >= self.n_iter_no_change:
+                break
+        else:
+            _warn_not_converged(self.max_iter)
+        self.n_iter_ = len(self.loss_curve_)
+        self.coef_ = xp.matrix_transpose(params[0])
+        self.intercept_ = params[1]
+        return self
+
+    def _update(self, params: list, grads: list, state: list, step: int, xp: Any) -> None:
+        lr = self.learning_rate
+        for i, g in enumerate(grads):
+            if self.solver == "adam":
+                m = state[0][i] = 0.9 * state[0][i] + 0.1 * g
+                v = state[1][i] = 0.999 * state[1][i] + 0.001 * (g * g)
+                m_hat, v_hat = m / (1 - 0.9**step), v / (1 - 0.999**step)
+                params[i] = params[i] - lr * m_hat / (xp.sqrt(v_hat) + 1e-8)
+            else:  # Nesterov momentum
+                velocity = state[0][i] = 0.9 * state[0][i] - lr * g
+                params[i] = params[i] + 0.9 * velocity - lr * g
+
+    def decision_function(self, X: Any) -> Any:
+        """Class scores ``X @ coef_.T + intercept_``; for two classes, the score of the second class
+        minus the first's (shape (n,)), as scikit-learn's linear classifiers."""
+        X, xp = self._predict_inputs(X)
+        scores = X @ xp.matrix_transpose(self.coef_) + self.intercept_
+        return scores[:, 1] - scores[:, 0] if self.classes_.shape[0] == 2 else scores
+
+    def predict_proba(self, X: Any) -> Any:
+        X, xp = self._predict_inputs(X)
+        scores = X @ xp.matrix_transpose(self.coef_) + self.intercept_
+        e = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
+        return e / xp.sum(e, axis=1, keepdims=True)
+
+    def predict_log_proba(self, X: Any) -> Any:
+        proba = self.predict_proba(X)
+        return array_namespace(proba).log(proba)
+
+
+class KNeighborsClassifier(_ArrayAPIClassifier):
+    """k-nearest-neighbour vote on exact squared Euclidean distances (:func:`softdist.pairwise_sqdist`).
+
+    Parameters
+    ----------
+    n_neighbors : int, default=5
+    weights : {"uniform", "distance"}, default="uniform"
+        "distance" weighs each neighbour by 1 / distance; a query that coincides with training points
+        takes the vote of those points only.
+    batch_size : int, default=1024
+        Query rows per distance block: memory O(batch_size * n_samples_fit).
+    """
+
+    _parameter_constraints: dict = {  # noqa: RUF012 - scikit-learn's convention
+        "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
+        "weights": [StrOptions({"uniform", "distance"})],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, n_neighbors: int = 5, weights: str = "uniform", batch_size: int = 1024) -> None:
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.batch_size = batch_size
+
+    def fit(self, X: Any, y: Any) -> KNeighborsClassifier:
+        self._validate_params()
+        self._fit_X, self._fit_y, _ = self._fit_inputs(X, y)
+        return self
+
+    def predict_proba(self, X: Any) -> Any:
+        X, xp = self._predict_inputs(X)
+        n_fit, k = self._fit_X.shape[0], self.n_neighbors
+        if k > n_fit:
+            raise ValueError(
+                f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, n_samples_fit = {n_fit}"
+            )
+        n, step = X.shape[0], self.batch_size
+        blocks = [self._vote(X[i : min(i + step, n), ...], xp) for i in range(0, n, step)]
+        if not blocks:
+            return xp.zeros((0, self.classes_.shape[0]), dtype=X.dtype, device=device(X))
+        return blocks[0] if len(blocks) == 1 else xp.concat(blocks)
+
+    def _vote(self, Xq: Any, xp: Any) -> Any:
+        D = pairwise_sqdist(Xq, xp.astype(self._fit_X, Xq.dtype))
+        k, c = self.n_neighbors, self.classes_.shape[0]
+        nearest = argpartition(D, k - 1, axis=1)[:, :k] if k < D.shape[1] else xp.argsort(D, axis=1)
+        dist = xp.sqrt(xp.take_along_axis(D, nearest, axis=1))
+        labels = xp.take(self._fit_y, xp.reshape(nearest, (-1,)), axis=0)
+        if self.weights == "uniform":
+            w = xp.ones(dist.shape, dtype=D.dtype, device=device(D))
+        else:  # coinciding training points outvote everything else, as in scikit-learn
+            exact = dist == 0
+            w = xp.where(xp.any(exact, axis=1, keepdims=True), xp.astype(exact, D.dtype), 1 / dist)
+        onehot = xp.astype(
+            xp.reshape(labels, dist.shape)[..., None] == xp.arange(c, device=device(D)), D.dtype
+        )
+        votes = xp.sum(onehot * w[..., None], axis=1)
+        return votes / xp.sum(votes, axis=1, keepdims=True)
+
+
+def _warn_not_converged(max_iter: int) -> None:
+    import warnings
+
+    warnings.warn(
+        f"SoftmaxClassifier reached max_iter={max_iter} epochs before the loss stopped improving; "
+        "increase max_iter or learning_rate.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
