@@ -15,7 +15,7 @@ RUNNABLE = [s for s in SNIPPETS if re.search(r"^import ", s, flags=re.MULTILINE)
 
 
 def _missing(snippet: str) -> str | None:
-    for module in ("torch", "jax", "cupy", "dask"):
+    for module in ("torch", "jax", "optax", "sklearn", "cupy", "dask"):
         if (
             re.search(rf"\bimport {module}\b|\b{module}\.", snippet)
             and importlib.util.find_spec(module) is None
