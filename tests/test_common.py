@@ -19,6 +19,10 @@ CASES: dict[str, Callable[[np.random.Generator, str], tuple[tuple[np.ndarray, ..
         {},
     ),
     "pairwise_distances": lambda rng, dt: ((rng.standard_normal((9, 4)).astype(dt),), {}),
+    "knn": lambda rng, dt: (
+        (rng.standard_normal((9, 4)).astype(dt), rng.standard_normal((7, 4)).astype(dt)),
+        {"k": 3},
+    ),
     "softmax_cross_entropy": lambda rng, dt: (
         (rng.standard_normal((9, 4)).astype(dt), rng.integers(0, 4, 9)),
         {"label_smoothing": 0.1},

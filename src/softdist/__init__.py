@@ -1,6 +1,7 @@
 """softdist: softmax cross-entropy and pairwise distances, written once against the array API standard."""
 
 from .distances import pairwise_distances, pairwise_sqdist
+from .neighbors import knn
 from .softmax import softmax_cross_entropy, softmax_cross_entropy_and_grad, softmax_loss
 
 __version__ = "0.1.0"
@@ -8,6 +9,7 @@ __all__ = [
     "KNeighborsClassifier",
     "SoftmaxClassifier",
     "__version__",
+    "knn",
     "pairwise_distances",
     "pairwise_sqdist",
     "softmax_cross_entropy",

@@ -11,8 +11,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._agnostic import distances as _generic
+from .._agnostic import neighbors as _neighbors
 from .._agnostic import softmax as _softmax
-from ._compat import array_namespace, at, device, is_numpy_namespace
+from ._compat import (
+    array_namespace,
+    at,
+    device,
+    is_cupy_namespace,
+    is_jax_namespace,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
 
 
 # --- NumPy: build the augmented GEMM operands in place -----------------------------------------------
@@ -275,3 +284,108 @@ def eager_cpu_scores(chunk_rows: int, n_classes: int, *, xp: Any) -> Callable[[A
         return z
 
     return scores
+
+
+# --- k nearest neighbours ----------------------------------------------------------------------------
+# Why: top-k selection is the other big cost after the distance tiles; each library's own selection
+# beats array-api-extra's generic argpartition (torch.topk, jax.lax.top_k; NumPy/CuPy argpartition is
+# the same routine). Each returns the same column set as the generic path (tests/test_backend_paths.py).
+def smallest_selector(xp: Any) -> Callable[[Any, int], Any]:
+    """``select(D, count)``: column indices of the ``count`` smallest entries of each row, NaN last."""
+
+    def select(D: Any, count: int) -> Any:
+        if count >= D.shape[1]:
+            return _neighbors.select_smallest(D, count, xp=xp)
+        if is_numpy_namespace(xp) or is_cupy_namespace(xp):  # NaN sorts last in argpartition
+            return xp.argpartition(D, count - 1, axis=1)[:, :count]
+        if is_torch_namespace(xp):  # topk treats NaN as the largest value
+            import torch
+
+            return torch.topk(D, count, dim=1, largest=False, sorted=False).indices
+        if is_jax_namespace(xp):
+            import jax
+
+            return jax.lax.top_k(-xp.where(xp.isnan(D), xp.inf, D), count)[1]
+        return _neighbors.select_smallest(D, count, xp=xp)
+
+    return select
+
+
+def knn_pruning_applies(x: Any, *, xp: Any) -> bool:
+    """Pruning (data-dependent shapes, one host read per tile) suits eager CPU backends; GPUs and JAX
+    select a static top-k per tile instead (no sync, static shapes)."""
+    if is_numpy_namespace(xp):
+        return True
+    if is_torch_namespace(xp):
+        return x.device.type == "cpu" and not is_torch_transformed([x])
+    return not (is_jax_namespace(xp) or is_cupy_namespace(xp))
+
+
+def default_working_memory(x: Any, *, xp: Any, cpu_default: int) -> int:
+    """A quarter of the free device memory on a GPU; ``cpu_default`` elsewhere."""
+    if is_torch_namespace(xp) and x.device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(x.device)[0] // 4)
+    if is_cupy_namespace(xp):
+        import cupy
+
+        return int(cupy.cuda.Device().mem_info[0] // 4)
+    return cpu_default
+
+
+# Why: one task per (query chunk, reference chunk) keeps every block bounded by the input chunks; each
+# block finds its exact k best (the eager code on NumPy chunks), and the per-block lists are merged
+# pairwise, log2(#reference chunks) levels deep: a lazy tree reduction, nothing computes until asked.
+def dask_knn(Q: Any, X: Any, *, k: int, exclude_self: bool, index_dtype: Any) -> tuple[Any, Any]:
+    import dask.array as da
+
+    Q = Q.rechunk({1: -1})
+    X = X.rechunk({1: -1})
+    # Global row numbers, chunked like the rows: each block reads its offsets from their first entry.
+    q_rows = da.arange(Q.shape[0], chunks=(Q.chunks[0],))
+    x_rows = da.arange(X.shape[0], chunks=(X.chunks[0],))
+    widths = tuple(min(k, c) for c in X.chunks[0])
+
+    def block(q: Any, x: Any, q0: Any, j0: Any) -> Any:
+        xb = array_namespace(q)
+        select = smallest_selector(xb)
+        q0, j0 = int(q0[0]), int(j0[0])
+        if k < x.shape[0]:  # the eager pruned search, placed in the whole problem by the offsets
+            dist, index = _neighbors.knn_pruned(
+                q, x, k=k, exclude_self=exclude_self, tile_rows=512, tile_cols=8192, xp=xb, select=select,
+                operands=numpy_augmented_operands, row_offset=q0, col_offset=j0,
+            )  # fmt: skip
+        else:  # a block narrower than k: all of it, exactly, sorted (own row last as NaN)
+
+            def sqdist(a: Any, b: Any) -> Any:
+                return _generic.pairwise_sqdist(a, b, xp=xb)
+
+            dist, index = _neighbors.tile_neighbours(
+                q, x, q0, j0, k=k, exclude_self=exclude_self, xp=xb, sqdist=sqdist, select=select
+            )
+        # float64 carries both: float32 distances exactly, indices exactly up to 2**53.
+        return xb.stack([xb.astype(dist, xb.float64), xb.astype(index, xb.float64)], axis=2)
+
+    pairs = da.blockwise(
+        block, "ijz", Q, "if", X, "jf", q_rows, "i", x_rows, "j",
+        new_axes={"z": 2}, adjust_chunks={"j": widths}, concatenate=True, dtype="float64",
+    )  # fmt: skip
+    while pairs.numblocks[1] > 1:
+        pairs = _merge_adjacent(pairs, k)
+    return pairs[:, :, 0], pairs[:, :, 1].astype(index_dtype)
+
+
+def _merge_adjacent(pairs: Any, k: int) -> Any:
+    sizes = pairs.chunks[1]
+    grouped = tuple(sum(sizes[i : i + 2]) for i in range(0, len(sizes), 2))
+    merged = tuple(min(k, g) for g in grouped)
+
+    def merge(block: Any) -> Any:
+        xb = array_namespace(block)
+        dist, index = _neighbors.sorted_smallest(block[..., 0], block[..., 1], k, xp=xb)
+        return xb.stack([dist, index], axis=2)
+
+    return pairs.rechunk({1: grouped}).map_blocks(
+        merge, chunks=(pairs.chunks[0], merged, (2,)), dtype=pairs.dtype
+    )

@@ -1,0 +1,243 @@
+"""Exact k-nearest neighbours in bounded memory, written once against the array API standard.
+
+Queries and references are both tiled. For each (query tile, reference tile) the accurate distance
+expansion ranks the tile, the best ``candidates`` columns per row are recomputed exactly by direct
+differences, and the exact lists are merged by (distance, index). Merging exact values makes ties break by
+the lower index identically everywhere, and a duplicate of a query comes back at exactly 0.0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .._lib._compat import argpartition, default_dtype, device
+
+Select = Callable[[Any, int], Any]
+
+
+def select_smallest(D: Any, count: int, *, xp: Any) -> Any:
+    """Column indices of ``count`` smallest entries per row (unordered); NaN counts as +inf."""
+    if count >= D.shape[1]:
+        return xp.broadcast_to(xp.arange(D.shape[1], device=device(D))[None, :], D.shape)
+    D = xp.where(xp.isnan(D), xp.inf, D)
+    return argpartition(D, count - 1, axis=1, xp=xp)[:, :count]
+
+
+def exact_sqdist(Q: Any, X: Any, columns: Any, *, xp: Any) -> Any:
+    """sum((Q_i - X_columns[i, j])**2) by direct differences: (tq, K) from Q (tq, d) and X (tm, d)."""
+    tq, K = columns.shape
+    rows = xp.take(X, xp.reshape(columns, (-1,)), axis=0)
+    diff = Q[:, None, :] - xp.reshape(rows, (tq, K, X.shape[1]))
+    return xp.sum(diff * diff, axis=2)
+
+
+def sorted_smallest(dist: Any, index: Any, k: int, *, xp: Any) -> tuple[Any, Any]:
+    """The k smallest per row by (distance, index): ties go to the lower index; NaN last."""
+    by_index = xp.argsort(index, axis=1, stable=True)
+    dist, index = xp.take_along_axis(dist, by_index, axis=1), xp.take_along_axis(index, by_index, axis=1)
+    by_dist = xp.argsort(dist, axis=1, stable=True)[:, :k]
+    return xp.take_along_axis(dist, by_dist, axis=1), xp.take_along_axis(index, by_dist, axis=1)
+
+
+def tile_neighbours(
+    Qt: Any,
+    Xt: Any,
+    q0: int,
+    j0: int,
+    *,
+    k: int,
+    exclude_self: bool,
+    xp: Any,
+    sqdist: Callable[[Any, Any], Any],
+    select: Select,
+) -> tuple[Any, Any]:
+    """Exact (distance, global index) of the k best references of one tile for each query of a tile.
+
+    ``q0``/``j0`` are the tiles' offsets; with ``exclude_self`` the query's own row (same global index)
+    never counts. Returns up to k columns (fewer when the tile is narrower).
+    """
+    tq, tm = Qt.shape[0], Xt.shape[0]
+    D = sqdist(Qt, Xt)
+    own = None
+    if exclude_self and q0 < j0 + tm and j0 < q0 + tq:  # this tile crosses the diagonal
+        rows = xp.arange(tq, device=device(D))[:, None] + q0
+        own = rows == xp.arange(tm, device=device(D))[None, :] + j0
+        D = xp.where(own, xp.inf, D)
+    # Rank on the expansion, keep twice k, then decide on exact values: near-ties survive the ranking.
+    columns = select(D, min(2 * k, tm))
+    exact = exact_sqdist(Qt, Xt, columns, xp=xp)
+    index = columns + j0
+    if own is not None:  # a tile narrower than 2k may have to keep the query's own row: push it last
+        exact = xp.where(index == xp.arange(tq, device=device(D))[:, None] + q0, xp.nan, exact)
+    index = xp.astype(index, default_dtype(xp, "indexing", device=device(D)))
+    return sorted_smallest(exact, index, min(k, index.shape[1]), xp=xp)
+
+
+def merge_neighbours(a: tuple[Any, Any], b: tuple[Any, Any], k: int, *, xp: Any) -> tuple[Any, Any]:
+    dist = xp.concat([a[0], b[0]], axis=1)
+    index = xp.concat([a[1], b[1]], axis=1)
+    return sorted_smallest(dist, index, min(k, dist.shape[1]), xp=xp)
+
+
+def knn(
+    Q: Any,
+    X: Any,
+    *,
+    k: int,
+    exclude_self: bool,
+    tile_rows: int,
+    tile_cols: int,
+    xp: Any,
+    sqdist: Callable[[Any, Any], Any],
+    select: Select,
+) -> tuple[Any, Any]:
+    """(sqdist, indices), each (nq, k), for tiles of tile_rows x tile_cols distances at a time."""
+    nq, m = Q.shape[0], X.shape[0]
+    out_d, out_i = [], []
+    for q0 in range(0, nq, tile_rows):
+        Qt = Q[q0 : min(q0 + tile_rows, nq), ...]
+        best = None
+        for j0 in range(0, m, tile_cols):
+            Xt = X[j0 : min(j0 + tile_cols, m), ...]
+            found = tile_neighbours(Qt, Xt, q0, j0, k=k, exclude_self=exclude_self, xp=xp, sqdist=sqdist,
+                                    select=select)  # fmt: skip
+            best = found if best is None else merge_neighbours(best, found, k, xp=xp)
+        out_d.append(best[0])
+        out_i.append(best[1])
+    if len(out_d) == 1:
+        return out_d[0], out_i[0]
+    return xp.concat(out_d, axis=0), xp.concat(out_i, axis=0)
+
+
+# -- eager backends: prune each tile against the current k-th best ---------------------------------------
+# Bound of the centred expansion against the exact distance (README, "Accuracy of the distances"):
+# |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 + |x - mean|^2).
+EXPANSION_BOUND = 8.0
+FIRST_TILE_COLUMNS = 1024
+
+
+def knn_pruned(
+    Q: Any,
+    X: Any,
+    *,
+    k: int,
+    exclude_self: bool,
+    tile_rows: int,
+    tile_cols: int,
+    xp: Any,
+    operands: Callable[..., tuple[Any, Any, Any, Any]],
+    select: Select,
+    row_offset: int = 0,
+    col_offset: int = 0,
+) -> tuple[Any, Any]:
+    """Same result as :func:`knn` for eager backends, without a top-k selection on every tile.
+
+    The first FIRST_TILE_COLUMNS references give each query an upper bound tau on its k-th distance
+    (exact values of a top-2k selection). Every tile then keeps only the entries whose expansion value is
+    within the expansion's error bound of the current tau — no true neighbour and no tie is ever dropped
+    — and recomputes just those exactly. After the first tiles almost nothing passes: one comparison pass
+    per tile instead of a selection. ``row_offset``/``col_offset`` place Q and X in a larger problem (Dask
+    blocks): they decide which entry is a query's own row, and are added to the returned indices.
+    """
+    from .distances import column_mean, direct_sqdist_pairs
+
+    nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
+    mean = column_mean(X, None, xp=xp)
+    Q_aug, X_aug, rq, rx = operands(Q, X, mean, xp=xp)
+    eps = xp.finfo(Q.dtype).eps
+    rx_max = xp.max(xp.where(xp.isfinite(rx), rx, 0.0))  # a NaN row must not poison every bound
+    bound = EXPANSION_BOUND * eps * (d + 2) ** 0.5 * (rq + rx_max)
+    first = min(m, max(2 * k, FIRST_TILE_COLUMNS))
+    index_dtype = default_dtype(xp, "indexing", device=device(Q))
+    out_d, out_i = [], []
+    for q0 in range(0, nq, tile_rows):
+        q1 = min(q0 + tile_rows, nq)
+        Qt, Qa = Q[q0:q1, ...], Q_aug[q0:q1, ...]
+
+        def expansion(j0: int, j1: int, Qa: Any = Qa) -> Any:  # tile values from the shared operands
+            return Qa @ xp.matrix_transpose(X_aug[j0:j1, ...])
+
+        seed_d, _ = tile_neighbours(
+            Qt, X[:first, ...], q0 + row_offset, col_offset, k=k, exclude_self=exclude_self, xp=xp,
+            select=select, sqdist=lambda a, b: expansion(0, first),
+        )  # fmt: skip
+        seed_tau = (
+            seed_d[:, -1]
+            if seed_d.shape[1] == k
+            else xp.full(q1 - q0, xp.inf, dtype=Q.dtype, device=device(Q))
+        )
+        seed_tau = xp.where(xp.isnan(seed_tau), xp.inf, seed_tau)
+        best_d = xp.full((q1 - q0, k), xp.inf, dtype=Q.dtype, device=device(Q))
+        best_i = xp.full((q1 - q0, k), -1, dtype=index_dtype, device=device(Q))
+        for j0 in range(0, m, tile_cols):
+            j1 = min(j0 + tile_cols, m)
+            D = expansion(j0, j1)
+            limit = xp.minimum(seed_tau, best_d[:, -1]) + bound[q0:q1]
+            keep = D <= limit[:, None]
+            if exclude_self and q0 + row_offset < j1 + col_offset and j0 + col_offset < q1 + row_offset:
+                rows = xp.arange(q1 - q0, device=device(D))[:, None] + (q0 + row_offset)
+                keep = keep & (rows != xp.arange(j1 - j0, device=device(D))[None, :] + (j0 + col_offset))
+            # 1-D nonzero: NumPy's 2-D nonzero is ~10x slower per entry (13 ms vs 1.3 ms a 512 x 8192 tile).
+            (flat,) = xp.nonzero(xp.reshape(keep, (-1,)))
+            if flat.shape[0] == 0:
+                continue
+            r, c = flat // (j1 - j0), xp.astype(flat % (j1 - j0), index_dtype) + j0
+            exact = direct_sqdist_pairs(Qt, X, r, c, xp=xp)
+            best_d, best_i = _merge_ragged(best_d, best_i, r, exact, c + col_offset, xp=xp)
+        short = xp.any(best_i < 0, axis=1)
+        if bool(xp.any(short)):  # NaN distances pass no threshold: fill with NaN-distance rows by index
+            best_d, best_i = _fill_nan_neighbours(
+                Qt, X, best_d, best_i, short, q0 + row_offset, col_offset, exclude_self, xp=xp
+            )
+        out_d.append(best_d)
+        out_i.append(best_i)
+    if len(out_d) == 1:
+        return out_d[0], out_i[0]
+    return xp.concat(out_d, axis=0), xp.concat(out_i, axis=0)
+
+
+def _fill_nan_neighbours(
+    Qt: Any, X: Any, best_d: Any, best_i: Any, short: Any, q0: int, j0: int, exclude_self: bool, *, xp: Any
+) -> tuple[Any, Any]:
+    """Rows with fewer than k finite neighbours (a NaN query, or fewer than k NaN-free references): the
+    remaining places go to the NaN-distance references in index order, as the sort would put them."""
+    k = best_d.shape[1]
+    x_nan = xp.any(xp.isnan(X), axis=1)
+    q_nan = xp.any(xp.isnan(Qt), axis=1)
+    (rows,) = xp.nonzero(short)
+    d_rows, i_rows = [], []
+    for r in rows:  # rare: one small pass each
+        r = int(r)
+        found = int(xp.sum(xp.astype(best_i[r, ...] >= 0, xp.int64)))
+        eligible = xp.ones_like(x_nan) if bool(q_nan[r]) else x_nan
+        if exclude_self and 0 <= q0 + r - j0 < X.shape[0]:
+            eligible = eligible & (xp.arange(X.shape[0], device=device(X)) != q0 + r - j0)
+        (extra,) = xp.nonzero(eligible)
+        extra = xp.astype(extra[: k - found], best_i.dtype) + j0
+        nan = xp.full(k - found, xp.nan, dtype=best_d.dtype, device=device(best_d))
+        d_rows.append(xp.concat([best_d[r, :found], nan]))
+        i_rows.append(xp.concat([best_i[r, :found], extra]))
+    keep = xp.astype(~short, xp.int64)
+    place = xp.cumulative_sum(xp.astype(short, xp.int64)) - 1  # position of each short row in d_rows
+    fixed_d, fixed_i = xp.stack(d_rows), xp.stack(i_rows)
+    take = xp.where(short, place, 0)
+    best_d = xp.where(keep[:, None] == 1, best_d, xp.take(fixed_d, take, axis=0))
+    best_i = xp.where(keep[:, None] == 1, best_i, xp.take(fixed_i, take, axis=0))
+    return best_d, best_i
+
+
+def _merge_ragged(best_d: Any, best_i: Any, rows: Any, dist: Any, index: Any, *, xp: Any) -> tuple[Any, Any]:
+    """Each row's k best of its current list plus its new (row, distance, index) entries."""
+    tq, k = best_d.shape
+    dev = device(best_d)
+    own_rows = xp.reshape(xp.broadcast_to(xp.arange(tq, device=dev)[:, None], (tq, k)), (-1,))
+    all_r = xp.concat([own_rows, xp.astype(rows, own_rows.dtype)])
+    all_d = xp.concat([xp.reshape(best_d, (-1,)), dist])
+    all_i = xp.concat([xp.reshape(best_i, (-1,)), index])
+    order = xp.argsort(all_i, stable=True)  # then by distance, then by row: (row, distance, index)
+    order = xp.take(order, xp.argsort(xp.take(all_d, order), stable=True))
+    order = xp.take(order, xp.argsort(xp.take(all_r, order), stable=True))
+    starts = xp.searchsorted(xp.take(all_r, order), xp.arange(tq, device=dev, dtype=all_r.dtype))
+    picks = xp.take(order, xp.reshape(starts[:, None] + xp.arange(k, device=dev, dtype=starts.dtype), (-1,)))
+    return xp.reshape(xp.take(all_d, picks), (tq, k)), xp.reshape(xp.take(all_i, picks), (tq, k))

@@ -1,0 +1,159 @@
+"""knn: every backend against a brute-force NumPy reference (ties by index, exact distances, NaN last),
+tiling in both directions, bad input, and Dask on a real distributed LocalCluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import softdist
+from softdist.testing import Backend, assert_same_kind, reference_sqdist
+
+
+def reference_knn(
+    Q: np.ndarray, X: np.ndarray | None, k: int, exclude_self: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force in long double: sort every row by (distance, index); NaN last."""
+    D = reference_sqdist(Q, X)
+    if X is None and exclude_self:
+        np.fill_diagonal(D, np.inf)  # after every finite distance: never among the k <= m - 1 returned
+    index = np.broadcast_to(np.arange(D.shape[1]), D.shape)
+    keyed = np.where(np.isnan(D), np.inf, D)
+    nan_last = np.isnan(D).astype(int)
+    order = np.lexsort((index, keyed, nan_last), axis=1)[:, :k]
+    return np.take_along_axis(D, order, axis=1), order
+
+
+def _data(rng, n=70, m=90, d=5):
+    Q = rng.standard_normal((n, d))
+    X = rng.standard_normal((m, d)) + 0.5
+    X[m // 9] = X[m // 2] = Q[3]  # duplicates of a query: distance exactly 0, ties broken by index
+    X[m - 30 : m - 24] = X[m // 4]  # a cluster of identical references: more exact ties than 2k
+    return Q, X
+
+
+@pytest.mark.parametrize("working_memory", [None, 4000])  # 4000 bytes: many tiles in both directions
+@pytest.mark.parametrize("k", [1, 7])
+def test_matches_brute_force(backend: Backend, float_dtype, working_memory, k, rng):
+    Q, X = _data(rng)
+    Q, X = Q.astype(float_dtype), X.astype(float_dtype)
+    want_d, want_i = reference_knn(Q, X, k, False)
+    Qb, Xb = backend.asarray(Q), backend.asarray(X)
+    dist, index = backend.call(softdist.knn, Qb, Xb, k=k, working_memory=working_memory)
+    assert_same_kind(dist, Qb, dtype=backend.dtype(float_dtype))
+    assert_same_kind(index, Qb)
+    assert backend.xp.isdtype(index.dtype, "integral")
+    np.testing.assert_array_equal(backend.to_numpy(index), want_i)
+    got_d = backend.to_numpy(dist)
+    np.testing.assert_allclose(got_d, want_d, rtol={"float32": 1e-5, "float64": 1e-12}[float_dtype], atol=0)
+    assert np.all(got_d[3, : min(k, 2)] == 0)  # duplicates come back exactly 0.0
+
+
+@pytest.mark.parametrize("exclude_self", [None, False])
+def test_self_mode(backend: Backend, exclude_self, rng):
+    Q, _ = _data(rng)
+    Q[5] = Q[8]  # a duplicate inside Q: its nearest other point is at exactly 0
+    exclude = exclude_self is None
+    want_d, want_i = reference_knn(Q, None, 4, exclude)
+    kwargs = {} if exclude_self is None else {"exclude_self": exclude_self}
+    dist, index = backend.call(softdist.knn, backend.asarray(Q), k=4, working_memory=3000, **kwargs)
+    np.testing.assert_array_equal(backend.to_numpy(index), want_i)
+    np.testing.assert_allclose(backend.to_numpy(dist), want_d, rtol=1e-12)
+    if exclude:
+        assert backend.to_numpy(index)[5, 0] == 8 and backend.to_numpy(dist)[5, 0] == 0
+
+
+def test_nan_rows_sort_last(backend: Backend, rng):
+    Q, X = _data(rng, n=6, m=12)
+    X[2, 1] = np.nan
+    X[7, 0] = np.nan
+    dist, index = backend.call(softdist.knn, backend.asarray(Q), backend.asarray(X), k=12)
+    index, dist = backend.to_numpy(index), backend.to_numpy(dist)
+    np.testing.assert_array_equal(index[:, -2:], np.broadcast_to([2, 7], (6, 2)))
+    assert np.all(np.isnan(dist[:, -2:])) and np.all(np.isfinite(dist[:, :-2]))
+
+
+def test_fast_paths_equal_generic(rng):
+    import array_api_compat.numpy as xp
+
+    from softdist._agnostic import distances as gd
+    from softdist._agnostic import neighbors as gn
+    from softdist._lib import _backends
+
+    Q, X = rng.standard_normal((40, 5)), rng.standard_normal((300, 5))  # no ties: selections agree
+    common = {"k": 5, "exclude_self": False, "tile_rows": 16, "tile_cols": 50, "xp": xp}
+    generic = gn.knn(Q, X, sqdist=lambda a, b: gd.pairwise_sqdist(a, b, xp=xp),
+                     select=lambda D, c: gn.select_smallest(D, c, xp=xp), **common)  # fmt: skip
+    pruned = gn.knn_pruned(Q, X, operands=_backends.numpy_augmented_operands,
+                           select=_backends.smallest_selector(xp), **common)  # fmt: skip
+    for g, p in zip(generic, pruned, strict=True):
+        np.testing.assert_array_equal(g, p)
+    D = gd.pairwise_sqdist(Q, X, xp=xp)
+    D[0, :3] = np.nan
+    want = np.sort(gn.select_smallest(D, 6, xp=xp), axis=1)
+    for module in ("numpy", "torch", "jax.numpy"):
+        lib = pytest.importorskip(module)
+        from array_api_compat import array_namespace
+
+        Dl = lib.asarray(D)
+        got = _backends.smallest_selector(array_namespace(Dl))(Dl, 6)
+        np.testing.assert_array_equal(np.sort(np.asarray(got), axis=1), want)
+
+
+class TestBadInput:
+    Q = np.zeros((4, 3))
+
+    @pytest.mark.parametrize(
+        ("args", "kwargs", "error", "match"),
+        [
+            ((), {"k": 0}, ValueError, "k must be >= 1"),
+            ((), {"k": 2.0}, TypeError, "k must be an int"),
+            ((), {"k": 4}, ValueError, r"k = 4 is larger than the 3 rows in X minus the query itself"),
+            ((np.zeros((5, 3)),), {"k": 6}, ValueError, "k = 6 is larger than the 5 rows in X"),
+            ((np.zeros((5, 2)),), {"k": 1}, ValueError, "same number of features"),
+            (
+                (np.zeros((5, 3)),),
+                {"k": 1, "exclude_self": True},
+                ValueError,
+                "exclude_self applies to X=None",
+            ),
+            ((), {"k": 1, "working_memory": 0}, ValueError, "working_memory must be a positive"),
+        ],
+    )
+    def test_errors(self, args, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            softdist.knn(self.Q, *args, **kwargs)
+
+    def test_non_2d(self):
+        with pytest.raises(ValueError, match="Q must be a 2-D array"):
+            softdist.knn(np.zeros(4), k=1)
+
+
+def test_dask_graph_is_lazy_and_blocks_are_bounded(rng):
+    da = pytest.importorskip("dask.array")
+    Q, X = _data(rng, n=200, m=300)
+    Qd, Xd = da.from_array(Q, chunks=(50, 5)), da.from_array(X, chunks=(60, 5))
+    dist, index = softdist.knn(Qd, Xd, k=3)
+    assert max(dist.chunks[0]) == 50 and dist.chunks[1] == (3,)  # (query chunk, k) blocks; nothing ran
+    want_d, want_i = reference_knn(Q, X, 3, False)
+    np.testing.assert_array_equal(index.compute(), want_i)
+    np.testing.assert_allclose(dist.compute(), want_d, rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # distributed's own imports on some versions
+def test_on_a_distributed_local_cluster(rng):
+    distributed = pytest.importorskip("distributed")
+    da = pytest.importorskip("dask.array")
+    Q, X = _data(rng, n=400, m=600, d=8)
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="400MiB",
+                                 dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):  # fmt: skip
+        Qd, Xd = da.from_array(Q, chunks=(100, 8)), da.from_array(X, chunks=(150, 8))
+        dist, index = client.compute(softdist.knn(Qd, Xd, k=5), sync=True)
+        D = client.compute(softdist.pairwise_sqdist(Qd, Xd), sync=True)
+    want_d, want_i = reference_knn(Q, X, 5, False)
+    np.testing.assert_array_equal(index, want_i)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-12)
+    np.testing.assert_allclose(D, reference_sqdist(Q, X), rtol=1e-10)
