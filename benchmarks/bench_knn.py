@@ -96,6 +96,20 @@ def run_cluster(n: int, d: int, k: int, workers: int, memory_limit: str) -> dict
     }  # fmt: skip
 
 
+def to_markdown(rows: list[dict]) -> str:
+    faiss = next((r["seconds"] for r in rows if r["method"].startswith("faiss")), float("nan"))
+    lines = [
+        "| method | n = m, d, k | seconds | × faiss | peak RSS MB | RSS before the call | full matrix GB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        matrix = r.get("matrix_gb", r["n"] * r["n"] * 4 / 1e9)
+        ratio = f"{r['seconds'] / faiss:.2f}" if "matrix_gb" not in r else "—"  # the cluster case differs
+        lines.append(f"| {r['method']} | {r['n']}, {r['d']}, {r['k']} | {r['seconds']:.1f} | {ratio} "
+                     f"| {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} | {matrix:.1f} |")  # fmt: skip
+    return "\n".join(lines).replace("| nan |", "| — |").replace("| nan |", "| — |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50_000)
@@ -131,16 +145,7 @@ def main() -> None:
         rows.append(run_cluster(args.cluster_n, 16, args.k, workers=2, memory_limit="1GiB"))
     except ImportError as exc:
         print(f"skipped the Dask cluster case: {exc}", file=sys.stderr)
-    faiss = next((r["seconds"] for r in rows if r["method"].startswith("faiss")), float("nan"))
-    lines = [
-        "| method | n = m, d, k | seconds | × faiss | peak RSS MB | full matrix GB |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        matrix = r.get("matrix_gb", r["n"] * r["n"] * 4 / 1e9)
-        lines.append(f"| {r['method']} | {r['n']}, {r['d']}, {r['k']} | {r['seconds']:.1f} | "
-                     f"{r['seconds'] / faiss:.2f} | {r['peak_rss_mb']:.0f} | {matrix:.1f} |")  # fmt: skip
-    table = "\n".join(lines)
+    table = to_markdown(rows)
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "knn_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -1,6 +1,6 @@
 """scikit-learn estimators on softdist: a softmax (multinomial logistic) classifier trained by minibatch
 gradient descent on :func:`softdist.softmax_loss`, and k-nearest-neighbour classification on
-:func:`softdist.pairwise_sqdist`.
+:func:`softdist.knn`.
 
 NumPy input (and lists, pandas) goes through scikit-learn's own validation; an array from another array
 API library (PyTorch, JAX, CuPy, array-api-strict) stays in that library and on its device: the fitted
@@ -20,9 +20,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._lib._compat import argpartition, array_namespace, device, is_array_api_obj, is_numpy_namespace
+from ._lib._compat import array_namespace, device, is_array_api_obj, is_numpy_namespace
 from ._lib._validation import float_dtype_of
-from .distances import pairwise_sqdist
+from .neighbors import knn
 from .softmax import softmax_loss
 
 __all__ = ["KNeighborsClassifier", "SoftmaxClassifier"]
@@ -220,7 +220,7 @@ class SoftmaxClassifier(_ArrayAPIClassifier):
 
 
 class KNeighborsClassifier(_ArrayAPIClassifier):
-    """k-nearest-neighbour vote on exact squared Euclidean distances (:func:`softdist.pairwise_sqdist`).
+    """k-nearest-neighbour vote on exact Euclidean distances (:func:`softdist.knn`).
 
     Parameters
     ----------
@@ -228,20 +228,23 @@ class KNeighborsClassifier(_ArrayAPIClassifier):
     weights : {"uniform", "distance"}, default="uniform"
         "distance" weighs each neighbour by 1 / distance; a query that coincides with training points
         takes the vote of those points only.
-    batch_size : int, default=1024
-        Query rows per distance block: memory O(batch_size * n_samples_fit).
+    working_memory : int, optional
+        Bytes of distance tiles at a time (see :func:`softdist.knn`); memory never grows with
+        n_queries x n_samples_fit.
     """
 
     _parameter_constraints: dict = {  # noqa: RUF012 - scikit-learn's convention
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
         "weights": [StrOptions({"uniform", "distance"})],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "working_memory": [Interval(numbers.Integral, 1, None, closed="left"), None],
     }
 
-    def __init__(self, n_neighbors: int = 5, weights: str = "uniform", batch_size: int = 1024) -> None:
+    def __init__(
+        self, n_neighbors: int = 5, weights: str = "uniform", working_memory: int | None = None
+    ) -> None:
         self.n_neighbors = n_neighbors
         self.weights = weights
-        self.batch_size = batch_size
+        self.working_memory = working_memory
 
     def fit(self, X: Any, y: Any) -> KNeighborsClassifier:
         self._validate_params()
@@ -250,31 +253,23 @@ class KNeighborsClassifier(_ArrayAPIClassifier):
 
     def predict_proba(self, X: Any) -> Any:
         X, xp = self._predict_inputs(X)
-        n_fit, k = self._fit_X.shape[0], self.n_neighbors
+        n_fit, k, c = self._fit_X.shape[0], self.n_neighbors, self.classes_.shape[0]
         if k > n_fit:
             raise ValueError(
                 f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, n_samples_fit = {n_fit}"
             )
-        n, step = X.shape[0], self.batch_size
-        blocks = [self._vote(X[i : min(i + step, n), ...], xp) for i in range(0, n, step)]
-        if not blocks:
-            return xp.zeros((0, self.classes_.shape[0]), dtype=X.dtype, device=device(X))
-        return blocks[0] if len(blocks) == 1 else xp.concat(blocks)
-
-    def _vote(self, Xq: Any, xp: Any) -> Any:
-        D = pairwise_sqdist(Xq, xp.astype(self._fit_X, Xq.dtype))
-        k, c = self.n_neighbors, self.classes_.shape[0]
-        nearest = argpartition(D, k - 1, axis=1)[:, :k] if k < D.shape[1] else xp.argsort(D, axis=1)
-        dist = xp.sqrt(xp.take_along_axis(D, nearest, axis=1))
-        labels = xp.take(self._fit_y, xp.reshape(nearest, (-1,)), axis=0)
+        if X.shape[0] == 0:
+            return xp.zeros((0, c), dtype=X.dtype, device=device(X))
+        # Exact neighbours in bounded memory, ties to the lower training index (softdist.knn).
+        sqdist, nearest = knn(X, xp.astype(self._fit_X, X.dtype), k=k, working_memory=self.working_memory)
+        dist = xp.sqrt(sqdist)
+        labels = xp.reshape(xp.take(self._fit_y, xp.reshape(nearest, (-1,)), axis=0), dist.shape)
         if self.weights == "uniform":
-            w = xp.ones(dist.shape, dtype=D.dtype, device=device(D))
+            w = xp.ones(dist.shape, dtype=dist.dtype, device=device(dist))
         else:  # coinciding training points outvote everything else, as in scikit-learn
             exact = dist == 0
-            w = xp.where(xp.any(exact, axis=1, keepdims=True), xp.astype(exact, D.dtype), 1 / dist)
-        onehot = xp.astype(
-            xp.reshape(labels, dist.shape)[..., None] == xp.arange(c, device=device(D)), D.dtype
-        )
+            w = xp.where(xp.any(exact, axis=1, keepdims=True), xp.astype(exact, dist.dtype), 1 / dist)
+        onehot = xp.astype(labels[..., None] == xp.arange(c, device=device(dist)), dist.dtype)
         votes = xp.sum(onehot * w[..., None], axis=1)
         return votes / xp.sum(votes, axis=1, keepdims=True)
 
