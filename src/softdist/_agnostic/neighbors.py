@@ -105,9 +105,11 @@ def knn(
             best = found if best is None else merge_neighbours(best, found, k, xp=xp)
         out_d.append(best[0])
         out_i.append(best[1])
-    if len(out_d) == 1:
-        return out_d[0], out_i[0]
-    return xp.concat(out_d, axis=0), xp.concat(out_i, axis=0)
+    return _stack_rows(out_d, xp=xp), _stack_rows(out_i, xp=xp)
+
+
+def _stack_rows(parts: list[Any], *, xp: Any) -> Any:
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 # -- eager backends: prune each tile against the current k-th best ---------------------------------------
@@ -192,9 +194,7 @@ def knn_pruned(
             )
         out_d.append(best_d)
         out_i.append(best_i)
-    if len(out_d) == 1:
-        return out_d[0], out_i[0]
-    return xp.concat(out_d, axis=0), xp.concat(out_i, axis=0)
+    return _stack_rows(out_d, xp=xp), _stack_rows(out_i, xp=xp)
 
 
 def _fill_nan_neighbours(
