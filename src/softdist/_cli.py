@@ -1,5 +1,5 @@
-"""`softdist` / `python -m softdist`: softmax cross-entropy and distances on every installed backend,
-checked against NumPy references in extended precision."""
+"""`softdist` / `python -m softdist`: `demo` (the default) runs the classifiers on every installed backend;
+`check` compares softmax_loss and pairwise_sqdist with NumPy references in extended precision."""
 
 from __future__ import annotations
 
@@ -67,22 +67,46 @@ CHECKS = {
 }
 
 
+def _backend_names(parser: argparse.ArgumentParser, names: list[str] | None) -> None:
+    known = {b.name for b in BACKENDS}
+    for name in names or []:
+        if name not in known:
+            parser.error(f"unknown backend {name!r}; choose from {', '.join(sorted(known))}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="softdist",
-        description="Compute the softmax loss with its gradients and pairwise squared distances on every "
-        "installed array backend and check each against an extended-precision NumPy reference.",
+        description="softdist on every installed array backend. Default command: demo.",
     )
-    parser.add_argument("--backend", action="append", help="only these backends (repeatable)")
-    parser.add_argument("--dtype", choices=["float32", "float64"], action="append")
+    commands = parser.add_subparsers(dest="command")
+    demo_p = commands.add_parser(
+        "demo", help="train the softmax and kNN classifiers on the bundled digits on every backend"
+    )
+    check_p = commands.add_parser(
+        "check", help="check softmax_loss and pairwise_sqdist against extended-precision references"
+    )
+    for sub in (demo_p, check_p):
+        sub.add_argument("--backend", action="append", help="only these backends (repeatable)")
+        sub.add_argument("--dtype", choices=["float32", "float64"], action="append")
+    demo_p.add_argument("--device", action="append", choices=["cpu", "cuda", "gpu", "device1"],
+                        help="only backends on these devices (repeatable)")  # fmt: skip
+    demo_p.add_argument("--quick", action="store_true", help="fewer training steps")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("demo", "check", "-h", "--help"):
+        argv = ["demo", *argv]  # `softdist` / `python -m softdist`: the demo
     args = parser.parse_args(argv)
-
-    names = {b.name for b in BACKENDS}
-    for name in args.backend or []:
-        if name not in names:
-            parser.error(f"unknown backend {name!r}; choose from {', '.join(sorted(names))}")
-    chosen = [b for b in BACKENDS if not args.backend or b.name in args.backend]
+    _backend_names(parser, args.backend)
     dtypes = args.dtype or ["float32", "float64"]
+    if args.command == "demo":
+        from ._demo import demo
+
+        return demo(args.backend, args.device, dtypes, args.quick)
+    return check(args.backend, dtypes)
+
+
+def check(backends: list[str] | None, dtypes: list[str]) -> int:
+    chosen = [b for b in BACKENDS if not backends or b.name in backends]
 
     data = _data()
     for name, (_, _, what) in CHECKS.items():
