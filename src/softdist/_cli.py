@@ -127,10 +127,15 @@ def check(backends: list[str] | None, dtypes: list[str]) -> int:
                 failures += not ok
                 print(f"{name:<16} {backend.name:<16} {dtype:<8} {rel:>12.2e} {seconds:>8.3f}  "
                       f"{'yes' if ok else 'NO'}")  # fmt: skip
+    return finish(skipped, f"{failures} backend/dtype combinations disagree with NumPy" if failures else "")
+
+
+def finish(skipped: list[str], failure: str) -> int:
+    """The skip lines, then the exit status: 1 with ``failure`` on stderr when something disagreed."""
     for reason in skipped:
         print(f"skipped {reason}")
-    if failures:
-        print(f"{failures} backend/dtype combinations disagree with NumPy", file=sys.stderr)
+    if failure:
+        print(failure, file=sys.stderr)
         return 1
     return 0
 

@@ -150,9 +150,9 @@ def demo(backends: list[str] | None, devices: list[str] | None, dtypes: list[str
         timing = f"{r.fit_seconds:>7.2f} {r.predict_seconds:>9.3f}"
         print(f"{r.backend:<16} {r.device:<8} {r.dtype:<8} {r.softmax_accuracy:>11.3f} "
               f"{r.knn_accuracy:>8.3f} {timing} {r.max_diff:>18.1e}{flag}")  # fmt: skip
-    for reason in skipped:
-        print(f"skipped {reason}")
-    if failures:
-        print(f"these backends disagree with NumPy beyond tolerance: {', '.join(failures)}", file=sys.stderr)
-        return 1
-    return 0
+    from ._cli import finish
+
+    disagree = (
+        f"these backends disagree with NumPy beyond tolerance: {', '.join(failures)}" if failures else ""
+    )
+    return finish(skipped, disagree)

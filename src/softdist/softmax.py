@@ -218,6 +218,13 @@ def _linear_core(
 
 
 # -- public API ------------------------------------------------------------------------------------------
+def _loss_options(
+    reduction: str, sample_weight: Any, class_weight: Any, label_smoothing: float, ignore_index: Any
+) -> dict[str, Any]:
+    return {"reduction": reduction, "sample_weight": sample_weight, "class_weight": class_weight,
+            "label_smoothing": label_smoothing, "ignore_index": ignore_index}  # fmt: skip
+
+
 def _logits_loss(
     logits: Any, labels: Any, options: dict[str, Any], xp: Any, *, want_grad: bool
 ) -> tuple[Any, Any | None]:
@@ -278,10 +285,7 @@ def softmax_cross_entropy(
         Invalid labels raise ValueError on eager backends; under ``jax.jit`` and Dask (where values cannot
         be read without a sync) their rows are NaN instead.
     """
-    options = {
-        "reduction": reduction, "sample_weight": sample_weight, "class_weight": class_weight,
-        "label_smoothing": label_smoothing, "ignore_index": ignore_index,
-    }  # fmt: skip
+    options = _loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
     return _logits_loss(logits, labels, options, xp, want_grad=False)[0]
 
 
@@ -304,10 +308,7 @@ def softmax_cross_entropy_and_grad(
     even when rows do not sum to 1). With ``reduction="none"`` row i holds the gradient of loss i.
     Same parameters and conventions as :func:`softmax_cross_entropy`.
     """
-    options = {
-        "reduction": reduction, "sample_weight": sample_weight, "class_weight": class_weight,
-        "label_smoothing": label_smoothing, "ignore_index": ignore_index,
-    }  # fmt: skip
+    options = _loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
     return _logits_loss(logits, labels, options, xp, want_grad=True)  # type: ignore[return-value]
 
 
@@ -361,10 +362,7 @@ def softmax_loss(
     (loss, dW) or (loss, dW, db)
         In the library, device and floating dtype of W and X.
     """
-    options = {
-        "reduction": reduction, "sample_weight": sample_weight, "class_weight": class_weight,
-        "label_smoothing": label_smoothing, "ignore_index": ignore_index,
-    }  # fmt: skip
+    options = _loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
     named = {"W": W, "X": X, "b": b}
     xp = namespace_of(named | {"y": y, "sample_weight": sample_weight, "class_weight": class_weight}, xp)
     check_matrix("W", W, what="(n_features, n_classes)")
