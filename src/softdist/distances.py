@@ -38,7 +38,7 @@ def _sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
     if is_dask_namespace(xp):
         D = _backends.dask_pairwise_sqdist(A, B, dtype=work, xp=xp)
     elif is_jax_namespace(xp):
-        with _backends.jax_highest_precision():
+        with _backends.highest_matmul_precision(xp):
             D = _backends.jax_pairwise_sqdist(A, B, xp=xp)
     elif is_numpy_namespace(xp):
         D = _generic.pairwise_sqdist(A, B, xp=xp, operands=_backends.numpy_augmented_operands)

@@ -21,7 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._lib._compat import array_namespace, device, is_array_api_obj, is_numpy_namespace
-from ._lib._validation import float_dtype_of
+from ._lib._validation import check_matrix, float_dtype_of
 from .neighbors import knn
 from .softmax import softmax_loss
 
@@ -63,8 +63,7 @@ class _ArrayAPIClassifier(ClassifierMixin, BaseEstimator):
         return X, array_namespace(X)
 
     def _foreign_X(self, X: Any, xp: Any, *, reset: bool) -> Any:
-        if X.ndim != 2:
-            raise ValueError(f"Expected a 2-D array (n_samples, n_features); got shape {tuple(X.shape)}")
+        check_matrix("X", X)
         if reset:
             self.n_features_in_ = X.shape[1]
         elif X.shape[1] != self.n_features_in_:

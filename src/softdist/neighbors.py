@@ -9,7 +9,7 @@ from typing import Any
 from ._agnostic import distances as _distances
 from ._agnostic import neighbors as _generic
 from ._lib import _backends
-from ._lib._compat import default_dtype, device, is_dask_namespace, is_jax_namespace, is_numpy_namespace
+from ._lib._compat import default_dtype, device, is_dask_namespace, is_numpy_namespace
 from ._lib._validation import check_matrix, check_same_features, float_dtype_of, namespace_of, working_dtype
 from .distances import _sqdist
 
@@ -108,10 +108,7 @@ def knn(
         )
         run = functools.partial(_generic.knn_pruned, operands=operands, **common)
     else:
-        run = functools.partial(_generic.knn, sqdist=lambda a, b: sqdist(a, b), **common)
-    if is_jax_namespace(xp):
-        with _backends.jax_highest_precision():
-            dist, index = run(Qw, Xw, xp=xp)
-    else:
+        run = functools.partial(_generic.knn, sqdist=sqdist, **common)
+    with _backends.highest_matmul_precision(xp):
         dist, index = run(Qw, Xw, xp=xp)
     return xp.astype(dist, dtype, copy=False), xp.astype(index, index_dtype, copy=False)

@@ -174,12 +174,10 @@ def _reduce(row_loss: Any, reduction: str, xp: Any) -> Any:
 def _run(core: Callable[..., Any], arrays: tuple[Any, ...], xp: Any, **static: Any) -> Any:
     """``core(*arrays, **static)``; eager JAX runs it as one compiled function (op by op, JAX compiles
     every operation for every new shape)."""
-    if is_jax_namespace(xp):
-        with _backends.jax_highest_precision():
-            if any(_backends.is_jax_tracer(a) for a in arrays if a is not None):
-                return core(*arrays, xp=xp, **static)
+    with _backends.highest_matmul_precision(xp):
+        if is_jax_namespace(xp) and not any(_backends.is_jax_tracer(a) for a in arrays if a is not None):
             return _backends.jax_compiled(core, xp=xp, **static)(*arrays)
-    return core(*arrays, xp=xp, **static)
+        return core(*arrays, xp=xp, **static)
 
 
 # -- the computations, after validation ------------------------------------------------------------------
@@ -204,7 +202,7 @@ def _linear_core(
     kernel = _kernel(xp, [W, X, b])
     scores = None
     if kernel is _backends.eager_cpu_block:
-        scores = _backends.eager_cpu_scores(chunk_rows, n_classes, xp=xp)
+        scores = _backends.eager_cpu_scores(chunk_rows, Ww, xp=xp)
     row_loss, dW, db = _generic.linear_model_grads(
         Ww, Xw, bw, terms, chunk_rows=chunk_rows, xp=xp, kernel=kernel, scores=scores
     )

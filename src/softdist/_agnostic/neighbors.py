@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._lib._compat import argpartition, default_dtype, device
+from .distances import column_mean, direct_sqdist_pairs
 
 Select = Callable[[Any, int], Any]
 
@@ -27,9 +28,16 @@ def select_smallest(D: Any, count: int, *, xp: Any) -> Any:
 def exact_sqdist(Q: Any, X: Any, columns: Any, *, xp: Any) -> Any:
     """sum((Q_i - X_columns[i, j])**2) by direct differences: (tq, K) from Q (tq, d) and X (tm, d)."""
     tq, K = columns.shape
-    rows = xp.take(X, xp.reshape(columns, (-1,)), axis=0)
-    diff = Q[:, None, :] - xp.reshape(rows, (tq, K, X.shape[1]))
-    return xp.sum(diff * diff, axis=2)
+    rows = xp.reshape(xp.broadcast_to(xp.arange(tq, device=device(Q))[:, None], (tq, K)), (-1,))
+    return xp.reshape(direct_sqdist_pairs(Q, X, rows, xp.reshape(columns, (-1,)), xp=xp), (tq, K))
+
+
+def own_entries(tq: int, tm: int, q0: int, j0: int, *, xp: Any, dev: Any) -> Any | None:
+    """Mask of the (query, reference) entries that are the same global row, or None when the tile
+    (queries q0.., references j0..) does not cross the diagonal."""
+    if not (q0 < j0 + tm and j0 < q0 + tq):
+        return None
+    return xp.arange(tq, device=dev)[:, None] + q0 == xp.arange(tm, device=dev)[None, :] + j0
 
 
 def sorted_smallest(dist: Any, index: Any, k: int, *, xp: Any) -> tuple[Any, Any]:
@@ -59,10 +67,8 @@ def tile_neighbours(
     """
     tq, tm = Qt.shape[0], Xt.shape[0]
     D = sqdist(Qt, Xt)
-    own = None
-    if exclude_self and q0 < j0 + tm and j0 < q0 + tq:  # this tile crosses the diagonal
-        rows = xp.arange(tq, device=device(D))[:, None] + q0
-        own = rows == xp.arange(tm, device=device(D))[None, :] + j0
+    own = own_entries(tq, tm, q0, j0, xp=xp, dev=device(D)) if exclude_self else None
+    if own is not None:
         D = xp.where(own, xp.inf, D)
     # Rank on the expansion, keep twice k, then decide on exact values: near-ties survive the ranking.
     columns = select(D, min(2 * k, tm))
@@ -142,8 +148,6 @@ def knn_pruned(
     per tile instead of a selection. ``row_offset``/``col_offset`` place Q and X in a larger problem (Dask
     blocks): they decide which entry is a query's own row, and are added to the returned indices.
     """
-    from .distances import column_mean, direct_sqdist_pairs
-
     nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
     mean = column_mean(X, None, xp=xp)
     Q_aug, X_aug, rq, rx = operands(Q, X, mean, xp=xp)
@@ -177,9 +181,13 @@ def knn_pruned(
             D = expansion(j0, j1)
             limit = xp.minimum(seed_tau, best_d[:, -1]) + bound[q0:q1]
             keep = D <= limit[:, None]
-            if exclude_self and q0 + row_offset < j1 + col_offset and j0 + col_offset < q1 + row_offset:
-                rows = xp.arange(q1 - q0, device=device(D))[:, None] + (q0 + row_offset)
-                keep = keep & (rows != xp.arange(j1 - j0, device=device(D))[None, :] + (j0 + col_offset))
+            own = (
+                own_entries(q1 - q0, j1 - j0, q0 + row_offset, j0 + col_offset, xp=xp, dev=device(D))
+                if exclude_self
+                else None
+            )
+            if own is not None:
+                keep = keep & ~own
             # 1-D nonzero: NumPy's 2-D nonzero is ~10x slower per entry (13 ms vs 1.3 ms a 512 x 8192 tile).
             (flat,) = xp.nonzero(xp.reshape(keep, (-1,)))
             if flat.shape[0] == 0:
@@ -218,12 +226,10 @@ def _fill_nan_neighbours(
         nan = xp.full(k - found, xp.nan, dtype=best_d.dtype, device=device(best_d))
         d_rows.append(xp.concat([best_d[r, :found], nan]))
         i_rows.append(xp.concat([best_i[r, :found], extra]))
-    keep = xp.astype(~short, xp.int64)
     place = xp.cumulative_sum(xp.astype(short, xp.int64)) - 1  # position of each short row in d_rows
-    fixed_d, fixed_i = xp.stack(d_rows), xp.stack(i_rows)
     take = xp.where(short, place, 0)
-    best_d = xp.where(keep[:, None] == 1, best_d, xp.take(fixed_d, take, axis=0))
-    best_i = xp.where(keep[:, None] == 1, best_i, xp.take(fixed_i, take, axis=0))
+    best_d = xp.where(short[:, None], xp.take(xp.stack(d_rows), take, axis=0), best_d)
+    best_i = xp.where(short[:, None], xp.take(xp.stack(i_rows), take, axis=0), best_i)
     return best_d, best_i
 
 

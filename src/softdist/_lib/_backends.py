@@ -126,9 +126,12 @@ def jax_pairwise_sqdist(A: Any, B: Any | None, *, xp: Any) -> Any:
 
 
 @contextlib.contextmanager
-def jax_highest_precision() -> Iterator[None]:
+def highest_matmul_precision(xp: Any) -> Iterator[None]:
     """Matrix products at full float32 precision: JAX's default on GPUs/TPUs may use TF32 or bfloat16
-    passes, which would silently void the accuracy softdist promises."""
+    passes, which would silently void the accuracy softdist promises. Nothing to do elsewhere."""
+    if not is_jax_namespace(xp):
+        yield
+        return
     import jax
 
     with jax.default_matmul_precision("highest"):
@@ -270,14 +273,12 @@ def eager_cpu_block(
     return loss, (e if want_grad else None)
 
 
-def eager_cpu_scores(chunk_rows: int, n_classes: int, *, xp: Any) -> Callable[[Any, Any, Any | None], Any]:
+def eager_cpu_scores(chunk_rows: int, W: Any, *, xp: Any) -> Callable[[Any, Any, Any | None], Any]:
     """Scores X_c @ W (+ b) written into one reused buffer: no fresh pages per block."""
-    buffer: list[Any] = []
+    buffer = xp.empty((chunk_rows, W.shape[1]), dtype=W.dtype, device=device(W))
 
     def scores(Xc: Any, W: Any, b: Any | None) -> Any:
-        if not buffer:
-            buffer.append(xp.empty((chunk_rows, n_classes), dtype=W.dtype, device=device(W)))
-        z = buffer[0][: Xc.shape[0], ...]
+        z = buffer[: Xc.shape[0], ...]
         xp.matmul(Xc, W, out=z)
         if b is not None:
             z += b
