@@ -65,25 +65,38 @@ def is_jax_tracer(x: Any) -> bool:
 def jax_refine_static(
     D: Any, A: Any, B: Any, ra: Any, rb: Any, *, tau: float, xp: Any, budget: int, counts: list
 ) -> Any:
+    import jax
     import jax.numpy as jnp
 
     n, m = D.shape
-    flagged = D < tau * (ra[:, None] + rb[None, :])
     symmetric = A is B  # the generic caller passes A twice for B=None
-    if symmetric:  # refine the upper triangle only, then mirror it, so the result stays symmetric
-        row = jnp.arange(n)[:, None]
-        col = jnp.arange(m)[None, :]
-        flagged = flagged & (row < col)
-    flat_flagged = jnp.reshape(flagged, (-1,))
-    counts.append(jnp.sum(flat_flagged))
+    row = jnp.arange(n)[:, None]
+    col = jnp.arange(m)[None, :]
     budget = min(budget, n * m)
-    (idx,) = jnp.nonzero(flat_flagged, size=budget, fill_value=0)
-    exact = _generic.direct_sqdist_pairs(A, B, idx // m, idx % m, xp=xp)
-    flat = jnp.reshape(jnp.maximum(D, 0.0), (-1,))
-    flat = flat.at[idx].set(jnp.where(flat_flagged[idx], exact, flat[idx]))
-    D = jnp.reshape(flat, (n, m))
-    if symmetric:
-        D = jnp.where(row < col, D, D.T)
+    count_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)  # int32 unless x64 is enabled
+
+    def flags(D: Any) -> Any:
+        flagged = D < tau * (ra[:, None] + rb[None, :])
+        # B=None: refine the upper triangle only, then mirror it, so the result stays symmetric
+        return flagged & (row < col) if symmetric else flagged
+
+    def refine(D: Any) -> tuple[Any, Any]:
+        flat_flagged = jnp.reshape(flags(D), (-1,))
+        (idx,) = jnp.nonzero(flat_flagged, size=budget, fill_value=0)
+        exact = _generic.direct_sqdist_pairs(A, B, idx // m, idx % m, xp=xp)
+        flat = jnp.reshape(D, (-1,))
+        flat = flat.at[idx].set(jnp.where(flat_flagged[idx], exact, flat[idx]))
+        D = jnp.reshape(flat, (n, m))
+        return (jnp.where(row < col, D, D.T) if symmetric else D), jnp.sum(flat_flagged, dtype=count_dtype)
+
+    def keep(D: Any) -> tuple[Any, Any]:
+        return D, jnp.zeros((), dtype=count_dtype)
+
+    # Well-separated data flags nothing: one fused test skips the static nonzero, whose prefix sum over
+    # all n * m entries costs XLA's CPU backend about ten times the matrix product itself.
+    D = jnp.maximum(D, 0.0)
+    D, count = jax.lax.cond(jnp.any(jnp.any(flags(D), axis=1)), refine, keep, D)
+    counts.append(count)
     return D
 
 
