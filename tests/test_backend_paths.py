@@ -113,6 +113,29 @@ def test_eager_cpu_softmax_kernel_equals_generic(library, dtype, options, rng):
     np.testing.assert_allclose(np.asarray(in_grad), np.asarray(slow_grad), rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_eager_cpu_softmax_kernel_large_sums(library, rng):
+    """Logits near 88 keep exp finite in float32, but the mean's scale / sum is then subnormal (few
+    significant bits): those rows must go through the shifted kernel."""
+    from array_api_compat import array_namespace
+
+    from softdist._agnostic import softmax as generic_softmax
+
+    convert = pytest.importorskip("torch").from_numpy if library == "torch" else np.asarray
+    z_np = rng.standard_normal((2000, 10)).astype(np.float32)
+    z_np[::7, 3] = np.float32(88.5)
+    z, labels = convert(z_np), convert(rng.integers(0, 10, 2000))
+    xp = array_namespace(z)
+    terms = generic_softmax.index_row_terms(
+        labels, n_classes=10, dtype=z.dtype, sample_weight=None, class_weight=None, label_smoothing=0.0,
+        ignore_index=None, reduction="mean", checked=True, xp=xp,
+    )  # fmt: skip
+    _, slow = generic_softmax.block_loss_and_grad(z, terms, want_grad=True, xp=xp)
+    _, fast = _backends.eager_cpu_block(z, terms, want_grad=True, xp=xp)
+    scale = np.max(np.abs(np.asarray(slow)))
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=0, atol=10 * np.finfo(np.float32).eps * scale)
+
+
 def test_scatter_subtract_equals_mask(rng):
     import array_api_compat.numpy as xp
 

@@ -267,8 +267,10 @@ def eager_cpu_block(
         xp.exp(z, out=e)
         s = e @ xp.ones(C, dtype=z.dtype, device=device(z))
         ratio = s * xp.exp(-z_y)  # sum_k exp(z_k - z_y) >= 1 for a usable row
+        # Sums outside [sqrt(tiny), 1/sqrt(tiny)] lost digits to underflow, or would make the scale
+        # gamma / s subnormal (exp(88) fits float32, 1/exp(88) does not): the shifted kernel redoes them.
         lowest = xp.finfo(z.dtype).smallest_normal ** 0.5
-        usable = (s >= lowest) & (ratio < xp.inf)  # False for NaN too
+        usable = (s >= lowest) & (s <= 1 / lowest) & (ratio < xp.inf)  # False for NaN too
         loss = terms.gamma * xp.log(ratio)
         if want_grad:
             e *= (terms.gamma / s)[:, None]
