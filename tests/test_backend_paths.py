@@ -133,7 +133,8 @@ def test_eager_cpu_softmax_kernel_large_sums(library, rng):
     _, slow = generic_softmax.block_loss_and_grad(z, terms, want_grad=True, xp=xp)
     _, fast = _backends.eager_cpu_block(z, terms, want_grad=True, xp=xp)
     scale = np.max(np.abs(np.asarray(slow)))
-    np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=0, atol=10 * np.finfo(np.float32).eps * scale)
+    atol = 10 * np.finfo(np.float32).eps * scale
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=0, atol=atol)
 
 
 def test_scatter_subtract_equals_mask(rng):
