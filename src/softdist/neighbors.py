@@ -9,7 +9,7 @@ from typing import Any
 from ._agnostic import distances as _distances
 from ._agnostic import neighbors as _generic
 from ._lib import _backends
-from ._lib._compat import default_dtype, device, is_dask_namespace, is_numpy_namespace
+from ._lib._compat import default_dtype, device, is_dask_namespace, is_jax_namespace, is_numpy_namespace
 from ._lib._validation import check_matrix, check_same_features, float_dtype_of, namespace_of, working_dtype
 from .distances import _sqdist
 
@@ -102,6 +102,11 @@ def knn(
     sqdist = functools.partial(_sqdist, dtype=work, xp=xp)
     select = _backends.smallest_selector(xp)
     common = {"k": k, "exclude_self": exclude, "tile_rows": rows, "tile_cols": cols, "select": select}
+    if is_jax_namespace(xp):
+        with _backends.highest_matmul_precision(xp):
+            dist, index = _backends.jax_knn(Qw, Xw, k=k, exclude_self=exclude, tile_rows=rows, tile_cols=cols,
+                                            sqdist=_sqdist, dtype=work, xp=xp)  # fmt: skip
+        return xp.astype(dist, dtype, copy=False), xp.astype(index, index_dtype, copy=False)
     if _backends.knn_pruning_applies(Q, xp=xp):
         operands = (
             _backends.numpy_augmented_operands if is_numpy_namespace(xp) else _distances.augmented_operands

@@ -35,7 +35,7 @@ def exact_sqdist(Q: Any, X: Any, columns: Any, *, xp: Any) -> Any:
 def own_entries(tq: int, tm: int, q0: int, j0: int, *, xp: Any, dev: Any) -> Any | None:
     """Mask of the (query, reference) entries that are the same global row, or None when the tile
     (queries q0.., references j0..) does not cross the diagonal."""
-    if not (q0 < j0 + tm and j0 < q0 + tq):
+    if isinstance(q0, int) and not (q0 < j0 + tm and j0 < q0 + tq):  # a traced q0 always gets a mask
         return None
     return xp.arange(tq, device=dev)[:, None] + q0 == xp.arange(tm, device=dev)[None, :] + j0
 
@@ -99,19 +99,38 @@ def knn(
     select: Select,
 ) -> tuple[Any, Any]:
     """(sqdist, indices), each (nq, k), for tiles of tile_rows x tile_cols distances at a time."""
-    nq, m = Q.shape[0], X.shape[0]
+    nq = Q.shape[0]
     out_d, out_i = [], []
     for q0 in range(0, nq, tile_rows):
         Qt = Q[q0 : min(q0 + tile_rows, nq), ...]
-        best = None
-        for j0 in range(0, m, tile_cols):
-            Xt = X[j0 : min(j0 + tile_cols, m), ...]
-            found = tile_neighbours(Qt, Xt, q0, j0, k=k, exclude_self=exclude_self, xp=xp, sqdist=sqdist,
-                                    select=select)  # fmt: skip
-            best = found if best is None else merge_neighbours(best, found, k, xp=xp)
+        best = query_tile_neighbours(Qt, X, q0, k=k, exclude_self=exclude_self, tile_cols=tile_cols, xp=xp,
+                                     sqdist=sqdist, select=select)  # fmt: skip
         out_d.append(best[0])
         out_i.append(best[1])
     return _stack_rows(out_d, xp=xp), _stack_rows(out_i, xp=xp)
+
+
+def query_tile_neighbours(
+    Qt: Any,
+    X: Any,
+    q0: Any,
+    *,
+    k: int,
+    exclude_self: bool,
+    tile_cols: int,
+    xp: Any,
+    sqdist: Callable[[Any, Any], Any],
+    select: Select,
+) -> tuple[Any, Any]:
+    """The k best references of all of X for the queries Qt (global rows q0..), tile by tile of X."""
+    m = X.shape[0]
+    best = None
+    for j0 in range(0, m, tile_cols):
+        Xt = X[j0 : min(j0 + tile_cols, m), ...]
+        found = tile_neighbours(Qt, Xt, q0, j0, k=k, exclude_self=exclude_self, xp=xp, sqdist=sqdist,
+                                select=select)  # fmt: skip
+        best = found if best is None else merge_neighbours(best, found, k, xp=xp)
+    return best
 
 
 def _stack_rows(parts: list[Any], *, xp: Any) -> Any:

@@ -27,7 +27,7 @@ from ._compat import (
 # --- NumPy: build the augmented GEMM operands in place -----------------------------------------------
 # Why: NumPy evaluates each elementwise step into a fresh temporary, single-threaded. Writing the centred
 # rows straight into the augmented operand saves four (n, d) temporaries: 1.5x -> 1.3x the plain A @ B.T
-# at n = m = 4000, d = 256 (benchmarks/bench_distances.py). Same arithmetic as
+# at n = m = 4000, d = 256 (softdist bench, pairwise_sqdist). Same arithmetic as
 # softdist._agnostic.distances.augmented_operands.
 def numpy_augmented_operands(A: Any, B: Any, mean: Any, *, xp: Any) -> tuple[Any, Any, Any, Any]:
     # xp is array_api_compat.numpy, whose ufuncs are NumPy's own (with `out=`): no NumPy import here.
@@ -204,7 +204,7 @@ def dask_pairwise_sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
 # unshifted exponentials could be inaccurate (sum overflowed, underflowed, or any NaN/inf) are recomputed
 # by the generic kernel, so the result is the generic one (tests/test_backend_paths.py). The loss uses
 # log(sum_k exp(z_k) * exp(-z_y)), as accurate as the shifted form. softmax_loss: the textbook NumPy code
-# is 1.22-1.33x the two matrix products, this 1.10-1.17x; PyTorch 1.04x (benchmarks/bench_softmax.py).
+# is 1.22-1.33x the two matrix products, this 1.10-1.17x; PyTorch 1.04x (softdist bench, softmax_loss).
 def is_torch_transformed(arrays: list[Any]) -> bool:
     """True inside torch.func transforms (vmap, grad, jacrev...): values may be batched or abstract, so
     no Python branching on them and no in-place writes."""
@@ -325,6 +325,44 @@ def smallest_selector(xp: Any) -> Callable[[Any, int], Any]:
         return _neighbors.select_smallest(D, count, xp=xp)
 
     return select
+
+
+# --- JAX kNN ---------------------------------------------------------------------------------------------
+# Why: traced, the generic loop over query tiles unrolls into one copy of the tile program per tile
+# (hundreds at 50k queries): minutes of compilation, and a 50k x 50k float32 search under jax.jit ran
+# over 10 minutes on 2 CPU cores. lax.map runs one compiled tile body over every query tile instead.
+def jax_knn(Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int, sqdist: Any,
+            dtype: Any, xp: Any) -> tuple[Any, Any]:  # fmt: skip
+    """Same result as the generic static knn; compiled once per shape and option set when eager."""
+    options = {"k": k, "exclude_self": exclude_self, "tile_rows": tile_rows, "tile_cols": tile_cols,
+               "sqdist": sqdist, "dtype": dtype, "xp": xp}  # fmt: skip
+    if is_jax_tracer(Q) or is_jax_tracer(X):
+        return _jax_knn_mapped(Q, X, **options)
+    return jax_compiled(_jax_knn_mapped, **options)(Q, X)
+
+
+def _jax_knn_mapped(Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
+                    sqdist: Any, dtype: Any, xp: Any) -> tuple[Any, Any]:  # fmt: skip
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    nq, d = Q.shape
+    tiles = -(-nq // tile_rows)
+    padded = jnp.concatenate([Q, jnp.zeros((tiles * tile_rows - nq, d), dtype=Q.dtype)])  # rows ignored
+
+    def one_tile(args: tuple[Any, Any]) -> tuple[Any, Any]:
+        Qt, q0 = args
+        return _neighbors.query_tile_neighbours(
+            Qt, X, q0, k=k, exclude_self=exclude_self, tile_cols=tile_cols, xp=xp,
+            sqdist=functools.partial(sqdist, dtype=dtype, xp=xp), select=smallest_selector(xp),
+        )  # fmt: skip
+
+    starts = jnp.arange(tiles) * tile_rows
+    dist, index = jax.lax.map(one_tile, (jnp.reshape(padded, (tiles, tile_rows, d)), starts))
+    kept = dist.shape[-1]
+    return jnp.reshape(dist, (-1, kept))[:nq], jnp.reshape(index, (-1, kept))[:nq]
 
 
 def knn_pruning_applies(x: Any, *, xp: Any) -> bool:
