@@ -61,6 +61,14 @@ def tests_gpu(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """`softdist bench` on every CPU backend; pass options after --, e.g. `nox -s bench -- --quick`."""
+    session.install(TORCH_CPU)
+    session.install("-e", ".[bench,torch,jax,dask]", "optax", "faiss-cpu")
+    session.run("softdist", "bench", *(session.posargs or ["--out", "benchmarks/results/cpu"]))
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")

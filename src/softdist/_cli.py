@@ -1,11 +1,16 @@
 """`softdist` / `python -m softdist`: `demo` (the default) runs the classifiers on every installed backend;
-`check` compares softmax_loss and pairwise_sqdist with NumPy references in extended precision."""
+`check` compares softmax_loss and pairwise_sqdist with NumPy references in extended precision; `bench`
+times softdist against the bound and the peers."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import signal
 import sys
 import time
+from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -67,6 +72,13 @@ CHECKS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options end in one line on stderr (no usage block, no traceback) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _backend_names(parser: argparse.ArgumentParser, names: list[str] | None) -> None:
     known = {b.name for b in BACKENDS}
     for name in names or []:
@@ -74,8 +86,51 @@ def _backend_names(parser: argparse.ArgumentParser, names: list[str] | None) -> 
             parser.error(f"unknown backend {name!r}; choose from {', '.join(sorted(known))}")
 
 
+# What to install for each backend library that is missing.
+INSTALL_HINT = {
+    "torch": "pip install torch==2.13.0 (CPU) or a CUDA build of torch",
+    "jax": "pip install 'softdist[jax]' (or jax[cuda13] for GPUs)",
+    "dask": "pip install 'softdist[dask]'",
+    "cupy": "pip install 'softdist[cupy]' on a machine with CUDA",
+    "strict": "pip install array-api-strict",
+}
+
+
+def _device_of(backend: Backend) -> str:
+    return "cuda" if backend.needs_gpu else "cpu"
+
+
+def _bench_backends(
+    parser: argparse.ArgumentParser, names: list[str] | None, devices: list[str] | None
+) -> tuple[list[Backend], list[str]]:
+    """The backends `softdist bench` runs, and skip lines for the ones it leaves out. A backend or device
+    the user named that cannot run here is an error that says what to install or choose."""
+    wanted_gpu = {"cuda" if d == "gpu" else d for d in devices or []}
+    chosen = [
+        b
+        for b in BACKENDS
+        if (not names or b.name in names) and (not wanted_gpu or _device_of(b) in wanted_gpu)
+    ]
+    runnable, skipped = [], []
+    for b in chosen:
+        reason = b.skip_reason()
+        if reason is None:
+            runnable.append(b)
+        elif names and b.name in names:
+            hint = "" if b.needs_gpu and "CUDA" in reason else f"; {INSTALL_HINT[b.library]}"
+            parser.error(f"backend {reason}{hint}")
+        else:
+            skipped.append(reason)
+    if "cuda" in wanted_gpu and not any(b.needs_gpu for b in runnable):
+        parser.error("--device cuda: no CUDA device is visible to cupy, torch or jax here; run on a GPU "
+                     "machine or choose --device cpu")  # fmt: skip
+    if not runnable:
+        parser.error("no backend left to run; choose from " + ", ".join(b.name for b in BACKENDS))
+    return runnable, skipped
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="softdist",
         description="softdist on every installed array backend. Default command: demo.",
     )
@@ -92,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     demo_p.add_argument("--device", action="append", choices=["cpu", "cuda", "gpu", "device1"],
                         help="only backends on these devices (repeatable)")  # fmt: skip
     demo_p.add_argument("--quick", action="store_true", help="fewer training steps")
+    bench_p = commands.add_parser(
+        "bench", help="time softdist against the backend's own products and the peers; write tables and plots"
+    )
+    _bench_options(bench_p)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("demo", "check", "-h", "--help"):
+    if not argv or argv[0] not in ("demo", "check", "bench", "-h", "--help"):
         argv = ["demo", *argv]  # `softdist` / `python -m softdist`: the demo
     args = parser.parse_args(argv)
     _backend_names(parser, args.backend)
@@ -102,7 +161,46 @@ def main(argv: list[str] | None = None) -> int:
         from ._demo import demo
 
         return demo(args.backend, args.device, dtypes, args.quick)
+    if args.command == "bench":
+        return _run_bench(bench_p, args, dtypes)
     return check(args.backend, dtypes)
+
+
+def _bench_options(bench_p: argparse.ArgumentParser) -> None:
+    from ._bench._cases import CASES
+
+    bench_p.add_argument("--case", action="append", choices=list(CASES), help="only these cases (repeatable)")
+    bench_p.add_argument("--backend", action="append", help="only these backends (repeatable)")
+    bench_p.add_argument("--device", action="append", choices=["cpu", "cuda", "gpu"],
+                         help="only backends on these devices (repeatable; gpu = cuda)")  # fmt: skip
+    bench_p.add_argument("--dtype", choices=["float32", "float64"], action="append")
+    bench_p.add_argument("--quick", action="store_true", help="small sizes, short timing (< 3 min on 2 CPUs)")
+    bench_p.add_argument("--out", type=Path, default=Path("bench-results"),
+                         help="results folder (default: ./bench-results)")  # fmt: skip
+    bench_p.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace, dtypes: list[str]) -> int:
+    from ._bench import bench
+    from ._bench._cases import CASES
+
+    backends, skipped = _bench_backends(parser, args.backend, args.device)
+    plots = not args.no_plots
+    if plots and not _has_matplotlib():
+        skipped.append("plots: matplotlib is not installed (pip install 'softdist[bench]')")
+        plots = False
+    for line in skipped:
+        print(f"skipped {line}")
+    signal.signal(signal.SIGTERM, _interrupt)  # `timeout` on a lent GPU: still write what was measured
+    return bench(args.case or list(CASES), backends, dtypes, args.quick, args.out, plots)
 
 
 def check(backends: list[str] | None, dtypes: list[str]) -> int:

@@ -252,7 +252,7 @@ def linear_model_grads(
 
         loss_c, G = kernel(z, rows, want_grad=True, xp=xp, recompute=recompute)
         # (G.T @ X).T, not X.T @ G: same product, but BLAS/oneDNN run the tall-skinny reduction faster
-        # this way round (PyTorch CPU 2.7x at C=10, 1.3x at C=100; NumPy 1.1x at C=10; bench_softmax.py).
+        # this way round (PyTorch CPU 2.7x at C=10, 1.3x at C=100; NumPy 1.1x at C=10).
         dW_c = xp.matrix_transpose(xp.matrix_transpose(G) @ Xc)
         dW = dW_c if dW is None else dW + dW_c
         if b is not None:

@@ -1,0 +1,151 @@
+"""`softdist bench`: what it writes, that its softdist rows are accurate, the timing helper, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from softdist._bench._measure import synchronizer, time_methods
+from softdist._cli import main
+from softdist.testing import GPU_BACKENDS, backend_by_name
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """Every case, quick sizes, NumPy and array-api-strict (both devices), float32 and float64."""
+    pytest.importorskip("sklearn")
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["bench", "--quick", "--backend", "numpy", "--backend", "strict", "--backend", "strict-device1",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_writes_table_json_and_plots(quick_run):
+    out, result = quick_run
+    table = (out / "bench.md").read_text()
+    for case in ("pairwise_sqdist", "knn", "softmax_cross_entropy_and_grad", "softmax_loss"):
+        assert f"## {case}" in table
+        if HAS_MATPLOTLIB:
+            assert (out / f"{case}.png").stat().st_size > 10_000
+    assert result["meta"]["quick"] is True and result["failures"] == []
+    assert {r["backend"] for r in result["rows"]} == {"numpy", "strict", "strict-device1"}
+
+
+def test_every_row_has_a_ratio_to_its_bound(quick_run):
+    _, result = quick_run
+    groups: dict[tuple, list[dict]] = {}
+    for r in result["rows"]:
+        groups.setdefault((r["case"], r["backend"], r["dtype"], tuple(r["size"])), []).append(r)
+    for rows in groups.values():
+        bound = [r for r in rows if r["role"] == "bound"]
+        assert len(bound) == 1 and bound[0]["ratio_to_bound"] == 1.0
+        for r in rows:
+            assert r["seconds"] > 0 and r["ratio_to_bound"] == pytest.approx(
+                r["seconds"] / bound[0]["seconds"]
+            )
+            assert r["repeats"] >= 1
+
+
+def test_softdist_rows_are_accurate(quick_run):
+    """The accuracy column is scored against long-double references on the hard probe data."""
+    _, result = quick_run
+    bar = {"float32": 1e-5, "float64": 1e-12}  # what the README promises (softmax; distances promise less)
+    for r in result["rows"]:
+        if r["role"] == "softdist":
+            assert r["accuracy"] <= bar[r["dtype"]], r
+            if r["case"] == "knn":
+                assert r["accuracy_text"].startswith("recall 1.0000")
+    # The textbook expansion is the shortcut softdist replaces: it must visibly fail on offset float32 data.
+    textbook = [
+        r for r in result["rows"] if r["case"] == "pairwise_sqdist" and r["method"].startswith("textbook")
+    ]
+    assert all(r["accuracy"] > 1e-2 for r in textbook if r["dtype"] == "float32")
+
+
+def test_peers_are_side_by_side(quick_run):
+    _, result = quick_run
+    methods = {r["method"] for r in result["rows"] if r["backend"] == "numpy"}
+    assert "sklearn euclidean_distances(squared=True)" in methods
+    assert "sklearn NearestNeighbors(brute)" in methods
+
+
+def test_time_methods_reports_a_failing_method_and_times_the_rest():
+    errors = []
+
+    def broken():
+        raise MemoryError("too big")
+
+    timed = time_methods(
+        {"ok": lambda: np.ones(1000).sum(), "broken": broken},
+        backend_by_name("numpy"),
+        budget_s=0.01,
+        max_repeats=5,
+        on_error=lambda name, exc: errors.append((name, type(exc).__name__)),
+    )
+    assert errors == [("broken", "MemoryError")]
+    assert list(timed) == ["ok"] and 3 <= timed["ok"].repeats <= 5 and timed["ok"].seconds > 0
+
+
+def test_synchronizer_computes_dask():
+    da = pytest.importorskip("dask.array")
+    (out,) = synchronizer(backend_by_name("dask"))(da.ones(10).sum())
+    assert float(out) == 10.0
+
+
+def test_unknown_backend_case_and_device_are_one_line_errors(capsys):
+    assert "unknown backend 'tpu'" in _one_line_error(capsys, ["bench", "--backend", "tpu"])
+    assert "--case: invalid choice" in _one_line_error(capsys, ["bench", "--case", "svd"])
+    assert "--device: invalid choice" in _one_line_error(capsys, ["bench", "--device", "rocm"])
+
+
+@pytest.mark.skipif(any(b.skip_reason() is None for b in GPU_BACKENDS), reason="a GPU is present")
+def test_missing_gpu_is_a_one_line_error(capsys):
+    err = _one_line_error(capsys, ["bench", "--device", "cuda"])
+    assert "no CUDA device" in err and "--device cpu" in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="cupy is installed")
+def test_missing_library_says_what_to_install(capsys):
+    err = _one_line_error(capsys, ["bench", "--backend", "cupy-cuda"])
+    assert "cupy is not installed" in err and "pip install" in err
+
+
+def test_missing_matplotlib_skips_the_plots(tmp_path, capsys, monkeypatch):
+    import softdist._cli as cli
+
+    monkeypatch.setattr(cli, "_has_matplotlib", lambda: False)
+    argv = ["bench", "--quick", "--backend", "numpy", "--case", "softmax_cross_entropy_and_grad", "--dtype",
+            "float64", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    assert "skipped plots: matplotlib is not installed" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.png")) and (tmp_path / "bench.md").exists()
+
+
+@pytest.mark.parametrize("backend", [b.name for b in GPU_BACKENDS])
+def test_bench_on_cuda(backend, tmp_path):
+    """The GPU rows (run by `nox -s tests_gpu` / benchmarks/gpu.sh): synchronised timing, device memory,
+    TFLOP/s, accuracy."""
+    reason = backend_by_name(backend).skip_reason()
+    if reason:
+        pytest.skip(reason)
+    argv = ["bench", "--quick", "--backend", backend, "--case", "pairwise_sqdist", "--no-plots", "--out",
+            str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert rows and all(r["device"] == "cuda" and r["tflops"] > 0 for r in rows)
