@@ -117,8 +117,9 @@ def _bench_backends(
         if reason is None:
             runnable.append(b)
         elif names and b.name in names:
-            hint = "" if b.needs_gpu and "CUDA" in reason else f"; {INSTALL_HINT[b.library]}"
-            parser.error(f"backend {reason}{hint}")
+            no_gpu = b.needs_gpu and "CUDA" in reason
+            hint = "run on a GPU machine or choose a CPU backend" if no_gpu else INSTALL_HINT[b.library]
+            parser.error(f"backend {reason}; {hint}")
         else:
             skipped.append(reason)
     if "cuda" in wanted_gpu and not any(b.needs_gpu for b in runnable):
