@@ -99,21 +99,18 @@ def knn(
         return xp.astype(dist, dtype), index
     memory = working_memory or _backends.default_working_memory(Q, xp=xp, cpu_default=DEFAULT_WORKING_MEMORY)
     rows, cols = _tiles(nq, m, xp.finfo(work).bits // 8, memory)
-    sqdist = functools.partial(_sqdist, dtype=work, xp=xp)
+    tiles = {"k": k, "exclude_self": exclude, "tile_rows": rows, "tile_cols": cols}
     select = _backends.smallest_selector(xp)
-    common = {"k": k, "exclude_self": exclude, "tile_rows": rows, "tile_cols": cols, "select": select}
-    if is_jax_namespace(xp):
-        with _backends.highest_matmul_precision(xp):
-            dist, index = _backends.jax_knn(Qw, Xw, k=k, exclude_self=exclude, tile_rows=rows, tile_cols=cols,
-                                            sqdist=_sqdist, dtype=work, xp=xp)  # fmt: skip
-        return xp.astype(dist, dtype, copy=False), xp.astype(index, index_dtype, copy=False)
-    if _backends.knn_pruning_applies(Q, xp=xp):
+    if is_jax_namespace(xp):  # one compiled tile body for every query tile (see _backends.jax_knn)
+        run = functools.partial(_backends.jax_knn, sqdist=_sqdist, dtype=work, **tiles)
+    elif _backends.knn_pruning_applies(Q, xp=xp):
         operands = (
             _backends.numpy_augmented_operands if is_numpy_namespace(xp) else _distances.augmented_operands
         )
-        run = functools.partial(_generic.knn_pruned, operands=operands, **common)
+        run = functools.partial(_generic.knn_pruned, operands=operands, select=select, **tiles)
     else:
-        run = functools.partial(_generic.knn, sqdist=sqdist, **common)
+        sqdist = functools.partial(_sqdist, dtype=work, xp=xp)
+        run = functools.partial(_generic.knn, sqdist=sqdist, select=select, **tiles)
     with _backends.highest_matmul_precision(xp):
         dist, index = run(Qw, Xw, xp=xp)
     return xp.astype(dist, dtype, copy=False), xp.astype(index, index_dtype, copy=False)
