@@ -96,20 +96,18 @@ INSTALL_HINT = {
 }
 
 
-def _device_of(backend: Backend) -> str:
-    return "cuda" if backend.needs_gpu else "cpu"
-
-
 def _bench_backends(
     parser: argparse.ArgumentParser, names: list[str] | None, devices: list[str] | None
 ) -> tuple[list[Backend], list[str]]:
     """The backends `softdist bench` runs, and skip lines for the ones it leaves out. A backend or device
     the user named that cannot run here is an error that says what to install or choose."""
+    from ._bench import device_of
+
     wanted_gpu = {"cuda" if d == "gpu" else d for d in devices or []}
     chosen = [
         b
         for b in BACKENDS
-        if (not names or b.name in names) and (not wanted_gpu or _device_of(b) in wanted_gpu)
+        if (not names or b.name in names) and (not wanted_gpu or device_of(b) in wanted_gpu)
     ]
     runnable, skipped = [], []
     for b in chosen:

@@ -42,12 +42,20 @@ def _put(backend: Backend, x: np.ndarray, dtype: str) -> Any:
 
 
 def _to_numpy(backend: Backend, x: Any) -> np.ndarray:
+    """Peers may return NumPy (or Python numbers) on any backend; the backend converts its own arrays."""
     if isinstance(x, (int, float, np.ndarray, np.generic)):
         return np.asarray(x)
-    if hasattr(x, "compute"):
-        x = x.compute()
-        return np.asarray(x)
     return backend.to_numpy(x)
+
+
+def device_of(backend: Backend) -> str:
+    """The device class a backend runs on, as `--device` and the results name it."""
+    return "cuda" if backend.needs_gpu else "cpu"
+
+
+def _one_line(exc: BaseException) -> str:
+    message = str(exc).splitlines()
+    return f"{type(exc).__name__}: {message[0][:200]}" if message else type(exc).__name__
 
 
 def _outputs(backend: Backend, out: Any) -> list[np.ndarray]:
@@ -107,9 +115,10 @@ class Bench:
         where = f"{case.name} {case.size_label(size)} {backend.name} {dtype}"
 
         def on_error(name: str, exc: BaseException) -> None:
-            message = f"{name} on {where} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             role = next(m.role for m in methods if m.name == name)
-            (self.failures if role == "softdist" else self.skipped).append(message)
+            (self.failures if role == "softdist" else self.skipped).append(
+                f"{name} on {where} failed: {_one_line(exc)}"
+            )
 
         timed = time_methods(thunks, backend, self.budget, self.max_repeats, on_error)
         bounds = [timed[m.name].seconds for m in methods if m.role == "bound" and m.name in timed]
@@ -140,7 +149,7 @@ class Bench:
         flops = case.flops(size)
         tflops = flops / timed.seconds / 1e12 if flops else None
         return {
-            "case": case.name, "backend": backend.name, "device": "cuda" if backend.needs_gpu else "cpu",
+            "case": case.name, "backend": backend.name, "device": device_of(backend),
             "dtype": dtype, "size": list(size), "size_label": case.size_label(size), "work": case.work(size),
             "method": method.name, "role": method.role, "seconds": timed.seconds, "repeats": timed.repeats,
             "ratio_to_bound": timed.seconds / bound, "tflops": tflops,
@@ -181,10 +190,8 @@ def bench(cases: list[str], backends: list[Backend], dtypes: list[str], quick: b
                     try:
                         run.group(case, size, dtype, backend, data, probe, reference)
                     except Exception as exc:  # one line; the run goes on
-                        run.failures.append(
-                            f"{case.name} {case.size_label(size)} {backend.name} {dtype} "
-                            f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                        )
+                        where = f"{case.name} {case.size_label(size)} {backend.name} {dtype}"
+                        run.failures.append(f"{where} failed: {_one_line(exc)}")
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a time limit: keep what was measured
         interrupted = True
         run.failures.append(f"interrupted after {done - 1} of {total} groups; the rows above are complete")

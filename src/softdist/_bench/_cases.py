@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import knn, pairwise_sqdist, softmax_cross_entropy_and_grad, softmax_loss
+from .._lib._compat import array_namespace, device, is_dask_namespace, is_jax_namespace
 from ..testing import Backend, reference_cross_entropy, reference_softmax_loss, reference_sqdist
 
 # Peers that materialise an (n, m) matrix run only while it stays this small (bytes).
@@ -38,17 +39,9 @@ class Method:
     in_process: bool = True  # False: the work runs in other processes, so this one's memory says nothing
 
 
-def _xp(*arrays: Any) -> Any:
-    from array_api_compat import array_namespace
-
-    return array_namespace(*arrays)
-
-
 def _matmul(a: Any, b: Any) -> Any:
     """``a @ b``; JAX at full float32 precision, as softdist computes (its GPU default is TF32)."""
-    from array_api_compat import is_jax_array
-
-    if is_jax_array(a):
+    if is_jax_namespace(array_namespace(a)):
         import jax.numpy as jnp
 
         return jnp.matmul(a, b, precision="highest")
@@ -112,7 +105,7 @@ def _rng() -> np.random.Generator:
 
 def _textbook_sqdist(A: Any, B: Any) -> tuple[Any]:
     """The usual shortcut ‖a‖² + ‖b‖² − 2a·b, written once against the standard."""
-    xp = _xp(A, B)
+    xp = array_namespace(A, B)
     return (xp.sum(A * A, axis=1)[:, None] + xp.sum(B * B, axis=1)[None, :] - 2 * _matmul(A, B.T),)
 
 
@@ -200,18 +193,16 @@ def _blocked_products(Q: Any, X: Any) -> Any:
     """Every product Q_i · X_j, in row blocks of at most 256 MiB (the full matrix may not fit): the
     floating-point work any exact kNN must do. Returns only the last block (or, on Dask, one column of
     each block), so nothing else is kept."""
-    from array_api_compat import is_dask_array
-
-    if is_dask_array(Q):  # one task per block pair: the product and its first column, nothing kept
+    if is_dask_namespace(array_namespace(Q)):  # one task per block pair: product and first column
         import dask.array as da
 
         def first_column(q: Any, x: Any) -> Any:  # a copy: a view would keep the whole block alive
-            return _xp(q).asarray((q @ x.T)[:, :1], copy=True)
+            return array_namespace(q).asarray((q @ x.T)[:, :1], copy=True)
 
         return da.blockwise(first_column, "ij", Q, "ik", X, "jk", dtype=Q.dtype, concatenate=True,
                             adjust_chunks={"j": 1})  # fmt: skip
     n, m = Q.shape[0], X.shape[0]
-    rows = max(1, 2**28 // (m * _xp(Q).finfo(Q.dtype).bits // 8))
+    rows = max(1, 2**28 // (m * array_namespace(Q).finfo(Q.dtype).bits // 8))
     XT = X.T
     last = None
     for start in range(0, n, rows):
@@ -353,19 +344,13 @@ def close_cluster() -> None:
 
 def _textbook_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
     """Log-softmax with the max shift, a one-hot mask, mean: what one writes by hand."""
-    xp = _xp(logits)
+    xp = array_namespace(logits)
     n, c = logits.shape
     shifted = logits - xp.max(logits, axis=1, keepdims=True)
     logp = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    onehot = xp.astype(labels[:, None] == xp.arange(c, device=_device(logits))[None, :], logits.dtype)
+    onehot = xp.astype(labels[:, None] == xp.arange(c, device=device(logits))[None, :], logits.dtype)
     loss = -xp.sum(onehot * logp) / n
     return loss, (xp.exp(logp) - onehot) / n
-
-
-def _device(x: Any) -> Any:
-    from array_api_compat import device
-
-    return device(x)
 
 
 class CrossEntropy(Case):
@@ -393,7 +378,7 @@ class CrossEntropy(Case):
 
     def methods(self, backend, dtype, size, quick):
         rows = [
-            Method("exp(logits): one elementwise pass", "bound", lambda z, y: _xp(z).exp(z)),
+            Method("exp(logits): one elementwise pass", "bound", lambda z, y: array_namespace(z).exp(z)),
             Method("softdist.softmax_cross_entropy_and_grad", "softdist", softmax_cross_entropy_and_grad),
             Method("textbook log-softmax + one-hot", "peer", _textbook_cross_entropy),
         ]
@@ -468,7 +453,7 @@ def _optax_rows(skipped: list[str], *, linear: bool) -> list[Method]:
 
 def _textbook_softmax_loss(W: Any, X: Any, y: Any, G: Any) -> tuple[Any, Any]:
     """The vectorised course version: scores, textbook cross-entropy, Xᵀ(P − Y)/N + 2·reg·W."""
-    xp = _xp(W, X)
+    xp = array_namespace(W, X)
     loss, dscores = _textbook_cross_entropy(_matmul(X, W), y)
     return loss + REG * xp.sum(W * W), _matmul(X.T, dscores) + 2 * REG * W
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..testing import Backend
+from ._cases import CASES
 
 # Dense float32 / float64 peaks (TFLOP/s, without tensor cores, boost clock) from the vendors' data
 # sheets; the first name contained in the device's name wins.
@@ -58,8 +59,6 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def to_markdown(rows: list[dict], skipped: list[str], failures: list[str], meta: dict) -> str:
-    from ._cases import CASES
-
     gpu = any(r["device"] != "cpu" for r in rows)
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     lines = [
@@ -104,8 +103,6 @@ def to_markdown(rows: list[dict], skipped: list[str], failures: list[str], meta:
 def summary(rows: list[dict], dtype: str) -> str:
     """One line per case and backend at the largest size measured: softdist's own call, the fastest peer
     of the same backend, both as multiples of the bound, with their accuracy."""
-    from ._cases import CASES
-
     lines = [
         f"| case ({dtype}) | size | backend | softdist ms | × bound | fastest peer | × bound "
         "| accuracy: softdist / peer |",
@@ -175,8 +172,6 @@ def plot(rows: list[dict], case_name: str, title: str, work_label: str, path: Pa
 
 def write_results(out: Path, rows: list[dict], skipped: list[str], failures: list[str], meta: dict,
                   plots: bool) -> list[Path]:  # fmt: skip
-    from ._cases import CASES
-
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "bench.md", out / "bench.json", out / "summary.md"]
     if plots:
