@@ -1,10 +1,15 @@
 """softdist: softmax cross-entropy and pairwise distances, written once against the array API standard."""
 
+from importlib import metadata as _metadata
+
 from .distances import pairwise_distances, pairwise_sqdist
 from .neighbors import knn
 from .softmax import softmax_cross_entropy, softmax_cross_entropy_and_grad, softmax_loss
 
-__version__ = "0.1.0"
+try:  # one place for the version: pyproject.toml, read from the installed metadata
+    __version__ = _metadata.version("softdist")
+except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 __all__ = [
     "KNeighborsClassifier",
     "SoftmaxClassifier",
