@@ -3,6 +3,7 @@
 from importlib import metadata as _metadata
 
 from .distances import pairwise_distances, pairwise_sqdist
+from .linear import linear_cross_entropy, linear_cross_entropy_and_grad
 from .neighbors import knn
 from .softmax import softmax_cross_entropy, softmax_cross_entropy_and_grad, softmax_loss
 
@@ -15,6 +16,8 @@ __all__ = [
     "SoftmaxClassifier",
     "__version__",
     "knn",
+    "linear_cross_entropy",
+    "linear_cross_entropy_and_grad",
     "pairwise_distances",
     "pairwise_sqdist",
     "softmax_cross_entropy",

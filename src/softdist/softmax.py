@@ -195,24 +195,19 @@ def _linear_core(
     W: Any, X: Any, y: Any, b: Any, sw: Any, cw: Any, reg: Any, *,
     plan: _Plan, has_reg: bool, chunk_rows: int, xp: Any,
 ) -> tuple[Any, ...]:  # fmt: skip
-    n_classes = W.shape[1]
-    terms = _row_terms(plan, y, n_classes, sw, cw, xp)
-    Ww, Xw = xp.astype(W, plan.work, copy=False), xp.astype(X, plan.work, copy=False)
-    bw = None if b is None else xp.astype(b, plan.work, copy=False)
-    kernel = _kernel(xp, [W, X, b])
-    scores = None
-    if kernel is _backends.eager_cpu_block:
-        scores = _backends.eager_cpu_scores(chunk_rows, Ww, xp=xp)
-    row_loss, dW, db = _generic.linear_model_grads(
-        Ww, Xw, bw, terms, chunk_rows=chunk_rows, xp=xp, kernel=kernel, scores=scores
-    )
-    loss = _reduce(row_loss, plan.reduction, xp)
+    from .linear import head_core  # the linear head's kernel, on W.T (a view): one implementation
+
+    loss, _, dW, db = head_core(
+        X, xp.matrix_transpose(W), y, b, sw, cw, plan=plan, want_grad=True, want_dX=False, z_loss=0.0,
+        softcap=None, chunk_rows=chunk_rows, xp=xp,
+    )  # fmt: skip
+    dW = xp.matrix_transpose(dW)
     if has_reg:
+        Ww = xp.astype(W, plan.work, copy=False)
         if plan.reduction != "none":
-            loss = loss + reg * xp.sum(Ww * Ww)
-        dW = dW + (2 * reg) * Ww
-    out = (xp.astype(loss, plan.dtype, copy=False), xp.astype(dW, plan.dtype, copy=False))
-    return out if b is None else (*out, xp.astype(db, plan.dtype, copy=False))
+            loss = xp.astype(loss + reg * xp.sum(Ww * Ww), plan.dtype, copy=False)
+        dW = xp.astype(dW + (2 * reg) * Ww, plan.dtype, copy=False)
+    return (loss, dW) if b is None else (loss, dW, db)
 
 
 # -- public API ------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class RowTerms:
     soft: Any | None = None  # (n, C) class-weighted, smoothed soft targets
     zero_rows: Any | None = None  # (n,) rows forced to an exact 0 loss and gradient (ignore_index)
     class_weight: Any | None = None  # (C,), shared by every block
+    weight: Any | None = None  # (n,) the row's weight, normaliser folded in (sw * cw[label]; z_loss's)
 
     def rows(self, start: int, stop: int) -> RowTerms:
         return self._map(lambda a: a[start:stop, ...])
@@ -42,7 +43,7 @@ class RowTerms:
         return self._map(lambda a: xp.take(a, rows, axis=0))
 
     def _map(self, f: Callable[[Any], Any]) -> RowTerms:
-        fields = ("alpha", "gamma", "labels", "beta", "soft", "zero_rows")
+        fields = ("alpha", "gamma", "labels", "beta", "soft", "zero_rows", "weight")
         return replace(self, **{k: f(getattr(self, k)) for k in fields if getattr(self, k) is not None})
 
 
@@ -108,8 +109,9 @@ def index_row_terms(
         mass = float(n_classes) if class_weight is None else xp.sum(class_weight)
         gamma = alpha + beta * mass
     return RowTerms(
-        alpha=alpha, gamma=gamma, labels=safe, beta=beta, zero_rows=ignored, class_weight=class_weight
-    )
+        alpha=alpha, gamma=gamma, labels=safe, beta=beta, zero_rows=ignored, class_weight=class_weight,
+        weight=a if cw_y is None else a * cw_y,
+    )  # fmt: skip
 
 
 def soft_row_terms(
@@ -132,7 +134,9 @@ def soft_row_terms(
     alpha = xp.ones(n, dtype=dtype, device=device(q)) if sample_weight is None else sample_weight
     if reduction == "mean":
         alpha = alpha * _mean_scale(alpha, xp=xp)
-    return RowTerms(alpha=alpha, gamma=alpha * xp.sum(q, axis=1), soft=q, class_weight=class_weight)
+    return RowTerms(
+        alpha=alpha, gamma=alpha * xp.sum(q, axis=1), soft=q, class_weight=class_weight, weight=alpha
+    )
 
 
 # -- the kernel ------------------------------------------------------------------------------------------
@@ -222,46 +226,3 @@ def column_sum(G: Any, *, xp: Any, block: int = 256) -> Any:
     partial = xp.sum(xp.reshape(G[: k * block, ...], (k, block, c)), axis=1)
     total = column_sum(partial, xp=xp, block=block)
     return total if k * block == n else total + xp.sum(G[k * block :, ...], axis=0)
-
-
-# -- the linear model ------------------------------------------------------------------------------------
-def linear_model_grads(
-    W: Any,
-    X: Any,
-    b: Any | None,
-    terms: RowTerms,
-    *,
-    chunk_rows: int,
-    xp: Any,
-    kernel: Kernel,
-    scores: Callable[[Any, Any, Any | None], Any] | None = None,
-) -> tuple[Any, Any, Any | None]:
-    """Per-row losses, X.T @ G and sum(G) over row blocks of ``chunk_rows``: peak extra memory is
-    O(chunk_rows * C + D * C) whatever N is."""
-    n = X.shape[0]
-    losses, dW, db = [], None, None
-    for start in range(0, n, chunk_rows):
-        stop = min(start + chunk_rows, n)
-        Xc = X[start:stop, ...]
-        z = scores(Xc, W, b) if scores is not None else (Xc @ W if b is None else Xc @ W + b)
-        rows = terms.rows(start, stop)
-
-        def recompute(idx: Any, Xc: Any = Xc) -> Any:
-            z_rows = xp.take(Xc, idx, axis=0) @ W
-            return z_rows if b is None else z_rows + b
-
-        loss_c, G = kernel(z, rows, want_grad=True, xp=xp, recompute=recompute)
-        # (G.T @ X).T, not X.T @ G: same product, but BLAS/oneDNN run the tall-skinny reduction faster
-        # this way round (PyTorch CPU 2.7x at C=10, 1.3x at C=100; NumPy 1.1x at C=10).
-        dW_c = xp.matrix_transpose(xp.matrix_transpose(G) @ Xc)
-        dW = dW_c if dW is None else dW + dW_c
-        if b is not None:
-            db_c = column_sum(G, xp=xp)
-            db = db_c if db is None else db + db_c
-        losses.append(loss_c)
-    if dW is None:  # no rows
-        dW = xp.zeros(W.shape, dtype=W.dtype, device=device(W))
-        db = None if b is None else xp.zeros(b.shape, dtype=b.dtype, device=device(b))
-        losses.append(xp.zeros((0,), dtype=W.dtype, device=device(W)))
-    row_loss = losses[0] if len(losses) == 1 else xp.concat(losses)
-    return row_loss, dW, db

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._agnostic import distances as _generic
+from .._agnostic import linear as _linear
 from .._agnostic import neighbors as _neighbors
 from .._agnostic import softmax as _softmax
 from ._compat import (
@@ -18,6 +19,7 @@ from ._compat import (
     at,
     device,
     is_cupy_namespace,
+    is_dask_namespace,
     is_jax_namespace,
     is_numpy_namespace,
     is_torch_namespace,
@@ -288,20 +290,6 @@ def eager_cpu_block(
     return loss, (e if want_grad else None)
 
 
-def eager_cpu_scores(chunk_rows: int, W: Any, *, xp: Any) -> Callable[[Any, Any, Any | None], Any]:
-    """Scores X_c @ W (+ b) written into one reused buffer: no fresh pages per block."""
-    buffer = xp.empty((chunk_rows, W.shape[1]), dtype=W.dtype, device=device(W))
-
-    def scores(Xc: Any, W: Any, b: Any | None) -> Any:
-        z = buffer[: Xc.shape[0], ...]
-        xp.matmul(Xc, W, out=z)
-        if b is not None:
-            z += b
-        return z
-
-    return scores
-
-
 # --- k nearest neighbours ----------------------------------------------------------------------------
 # Why: top-k selection is the other big cost after the distance tiles; each library's own selection
 # beats array-api-extra's generic argpartition (torch.topk, jax.lax.top_k; NumPy/CuPy argpartition is
@@ -443,3 +431,75 @@ def _merge_adjacent(pairs: Any, k: int) -> Any:
     return pairs.rechunk({1: grouped}).map_blocks(
         merge, chunks=(pairs.chunks[0], merged, (2,)), dtype=pairs.dtype
     )
+
+
+# --- Linear cross-entropy head: NumPy and PyTorch on the CPU -------------------------------------------
+# Why: memory. The generic workspace allocates every chunk's scores, dX rows and a (C, D) product per
+# chunk, then concatenates the dX rows and adds the products: at N = 8192, D = 1024, C = 32000 float32
+# that is two extra (C, D) arrays (250 MiB) and a second dX on top of the chunk. Here the scores go into
+# one reused buffer (the block kernel then works in place on it), dX rows are written straight into the
+# result, and dW is accumulated in place (torch: addmm_; NumPy: class blocks of at most 16 MiB through
+# one reused buffer, as NumPy has no GEMM that accumulates). Same arithmetic, same order of summation
+# over chunks as the generic path (tests/test_backend_paths.py).
+class EagerCPUWorkspace(_linear.Workspace):
+    def __init__(self, X: Any, W: Any, b: Any | None, *, chunk_rows: int, work: Any, want_dX: bool,
+                 xp: Any) -> None:  # fmt: skip
+        super().__init__(X, W, b, work=work, want_dX=want_dX, tree=False, xp=xp)
+        n, d = X.shape
+        c = W.shape[0]
+        dev = device(W)
+        self.buffer = xp.empty((min(chunk_rows, n), c), dtype=work, device=dev)
+        self.dX_out = xp.empty((n, d), dtype=W.dtype, device=dev) if want_dX else None
+        self.dW_out = xp.zeros((c, d), dtype=work, device=dev)
+        self.db_out = None if b is None else xp.zeros((c,), dtype=work, device=dev)
+        self.class_block = c
+        if is_numpy_namespace(xp):
+            self.class_block = max(1, min(c, (16 << 20) // max(1, d * xp.finfo(work).bits // 8)))
+            self.product = xp.empty((self.class_block, d), dtype=work, device=dev)
+
+    def scores(self, Xc: Any, *, fresh: bool = False) -> Any:
+        if fresh:
+            return super().scores(Xc)
+        xp = self.xp
+        z = self.buffer[: Xc.shape[0], ...]
+        if Xc.dtype == self.work:
+            xp.matmul(Xc, xp.matrix_transpose(self.W), out=z)
+        else:  # half precision: the product in the input dtype, then widened into the buffer
+            z[...] = xp.astype(Xc @ xp.matrix_transpose(self.W), self.work)
+        if self.bw is not None:
+            z += self.bw
+        return z
+
+    def add(self, start: int, stop: int, Xc: Any, G: Any) -> None:
+        xp = self.xp
+        Gd = xp.astype(G, self.W.dtype, copy=False)
+        if self.dX_out is not None:
+            xp.matmul(Gd, self.W, out=self.dX_out[start:stop, ...])
+        if is_torch_namespace(xp):
+            if Gd.dtype == self.work:
+                self.dW_out.addmm_(Gd.T, Xc)
+            else:
+                self.dW_out += (Gd.T @ Xc).to(self.work)
+        else:
+            c, k = self.dW_out.shape[0], self.class_block
+            for first in range(0, c, k):
+                last = min(first + k, c)
+                part = self.product[: last - first, ...]
+                if Gd.dtype == self.work:
+                    xp.matmul(xp.matrix_transpose(Gd[:, first:last]), Xc, out=part)
+                else:
+                    part[...] = xp.matrix_transpose(Gd[:, first:last]) @ Xc
+                self.dW_out[first:last, ...] += part
+        if self.db_out is not None:
+            self.db_out += _softmax.column_sum(G, xp=xp)
+
+    def result(self, n: int) -> tuple[Any | None, Any, Any | None]:
+        return self.dX_out, self.dW_out, self.db_out
+
+
+def linear_workspace(X: Any, W: Any, b: Any | None, *, chunk_rows: int, work: Any, want_dX: bool,
+                     xp: Any) -> _linear.Workspace:  # fmt: skip
+    """The eager CPU workspace where it applies, else the generic one (Dask: tree-summed dW)."""
+    if (is_numpy_namespace(xp) or is_torch_namespace(xp)) and eager_cpu_fast_path_applies([X, W, b], xp=xp):
+        return EagerCPUWorkspace(X, W, b, chunk_rows=chunk_rows, work=work, want_dX=want_dX, xp=xp)
+    return _linear.Workspace(X, W, b, work=work, want_dX=want_dX, tree=is_dask_namespace(xp), xp=xp)
