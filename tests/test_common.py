@@ -31,6 +31,22 @@ CASES: dict[str, Callable[[np.random.Generator, str], tuple[tuple[np.ndarray, ..
         (rng.standard_normal((9, 4)).astype(dt), rng.integers(0, 4, 9)),
         {},
     ),
+    "linear_cross_entropy": lambda rng, dt: (
+        (
+            rng.standard_normal((9, 3)).astype(dt),
+            rng.standard_normal((4, 3)).astype(dt),
+            rng.integers(0, 4, 9),
+        ),
+        {"chunk_size": 4, "z_loss": 0.1, "softcap": 5.0},
+    ),
+    "linear_cross_entropy_and_grad": lambda rng, dt: (
+        (
+            rng.standard_normal((9, 3)).astype(dt),
+            rng.standard_normal((4, 3)).astype(dt),
+            rng.integers(0, 4, 9),
+        ),
+        {"chunk_size": 4, "label_smoothing": 0.1},
+    ),
     "softmax_loss": lambda rng, dt: (
         (
             rng.standard_normal((3, 4)).astype(dt),
