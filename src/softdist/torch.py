@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
+from . import linear as _linear
 from . import softmax as _softmax
+from ._lib import _backends
 
-__all__ = ["SoftmaxCrossEntropy", "softmax_cross_entropy"]
+__all__ = ["LinearCrossEntropy", "SoftmaxCrossEntropy", "linear_cross_entropy", "softmax_cross_entropy"]
 
 
 class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
@@ -126,4 +128,169 @@ class SoftmaxCrossEntropy(torch.nn.Module):
         return (
             f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
             f"label_smoothing={self.label_smoothing}"
+        )
+
+
+# -- the fused linear head --------------------------------------------------------------------------------
+class _LinearCrossEntropyFunction(torch.autograd.Function):
+    """loss = linear_cross_entropy(X, W, target, bias, ...); dX, dW, dbias come from the forward pass.
+
+    "mean"/"sum": the forward computes the loss and the three gradients chunk by chunk and saves the
+    gradients (no logits); the backward scales them. "none": the forward computes the loss only, and the
+    backward recomputes with ``sample_weight * grad_loss`` (each row's loss is linear in its weight), which
+    is exactly the vector-Jacobian product. A graph of the backward (double backward) recomputes the
+    gradients with differentiable operations.
+    """
+
+    @staticmethod
+    def forward(
+        X: torch.Tensor, W: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None,
+        sample_weight: torch.Tensor | None, class_weight: torch.Tensor | None,
+        options: tuple[tuple[str, Any], ...],
+    ) -> tuple[Any, ...]:  # fmt: skip
+        opts = dict(options)
+        if opts["reduction"] == "none":
+            loss = _linear.linear_cross_entropy(
+                X, W, target, bias=bias, sample_weight=sample_weight, class_weight=class_weight, **opts
+            )
+            return loss, None, None, None
+        out = _linear.linear_cross_entropy_and_grad(
+            X, W, target, bias=bias, sample_weight=sample_weight, class_weight=class_weight, **opts
+        )
+        return out if bias is not None else (*out, None)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        X, W, target, bias, sample_weight, class_weight, options = inputs
+        _, dX, dW, db = output
+        ctx.mark_non_differentiable(*(g for g in (dX, dW, db) if g is not None))
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(X, W, target, bias, sample_weight, class_weight, dX, dW, db)
+        ctx.options = options
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+        X, W, target, bias, sample_weight, class_weight, dX, dW, db = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * 7
+        opts = dict(ctx.options)
+        none = opts["reduction"] == "none"
+        if none or torch.is_grad_enabled():  # recompute (differentiably when a graph is requested)
+            sw = sample_weight
+            if none:
+                sw = grad_loss if sample_weight is None else sample_weight * grad_loss
+            out = _linear.linear_cross_entropy_and_grad(
+                X, W, target, bias=bias, sample_weight=sw, class_weight=class_weight, **opts
+            )
+            dX, dW, db = out[1], out[2], (out[3] if bias is not None else None)
+            if none:
+                return dX, dW, None, db, None, None, None
+        scaled = [None if g is None else g * grad_loss for g in (dX, dW, db)]
+        return scaled[0], scaled[1], None, scaled[2], None, None, None
+
+
+@torch.compiler.disable  # one opaque call for torch.compile, as for softmax_cross_entropy
+def _apply_linear(*args: Any) -> torch.Tensor:
+    return _LinearCrossEntropyFunction.apply(*args)[0]
+
+
+def linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    sample_weight: torch.Tensor | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | str = "auto",
+) -> torch.Tensor:
+    """:func:`softdist.linear_cross_entropy` on torch tensors, differentiable in ``input``,
+    ``linear_weight`` and ``linear_bias`` (targets and weights are constants) without the (N, C) logits.
+
+    A superset of ``torch.nn.functional.linear_cross_entropy``'s signature (``weight`` is the class
+    weight; ``ignore_index`` defaults to None, not -100): existing calls port by a rename. Backward gives
+    dX, dW and dbias from the forward pass; ``retain_graph=True`` then a second backward reuses them;
+    double backward, ``torch.func.grad`` and ``torch.compile`` (one graph break) work. Under
+    ``torch.no_grad()`` (or when nothing requires a gradient) only the loss is computed.
+
+    Examples
+    --------
+    >>> import torch, softdist.torch
+    >>> head = torch.nn.Linear(16, 100)
+    >>> hidden = torch.randn(32, 16, requires_grad=True)
+    >>> loss = softdist.torch.linear_cross_entropy(hidden, head.weight, torch.randint(0, 100, (32,)),
+    ...                                            linear_bias=head.bias, z_loss=1e-4)
+    >>> loss.backward()
+    >>> head.weight.grad.shape
+    torch.Size([100, 16])
+    """
+    options = (
+        ("reduction", reduction), ("label_smoothing", float(label_smoothing)), ("ignore_index", ignore_index),
+        ("z_loss", float(z_loss)), ("softcap", None if softcap is None else float(softcap)),
+        ("chunk_size", chunk_size),
+    )  # fmt: skip
+    differentiable = [t for t in (input, linear_weight, linear_bias) if t is not None]
+    if not (
+        (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
+        or _backends.is_torch_transformed(differentiable)
+    ):  # nothing to differentiate: the loss alone, one matrix product per chunk
+        return _linear.linear_cross_entropy(
+            input, linear_weight, target, bias=linear_bias, sample_weight=sample_weight, class_weight=weight,
+            **dict(options),
+        )  # fmt: skip
+    return _apply_linear(input, linear_weight, target, linear_bias, sample_weight, weight, options)
+
+
+class LinearCrossEntropy(torch.nn.Module):
+    """The fused output layer's loss as a module holding the options (``weight``, the class weights, is a
+    buffer); ``forward(input, linear_weight, target, linear_bias=None, sample_weight=None)``.
+
+    Example: ``LinearCrossEntropy(z_loss=1e-4)(hidden, head.weight, labels, head.bias)``.
+    """
+
+    weight: torch.Tensor | None
+
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        chunk_size: int | str = "auto",
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        linear_weight: torch.Tensor,
+        target: torch.Tensor,
+        linear_bias: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return linear_cross_entropy(
+            input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+            reduction=self.reduction, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+            sample_weight=sample_weight, z_loss=self.z_loss, softcap=self.softcap, chunk_size=self.chunk_size,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing}, z_loss={self.z_loss}, softcap={self.softcap}, "
+            f"chunk_size={self.chunk_size!r}"
         )
