@@ -16,9 +16,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from . import linear as _linear
 from . import softmax as _softmax
 
-__all__ = ["softmax_cross_entropy"]
+__all__ = ["linear_cross_entropy", "softmax_cross_entropy"]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
@@ -71,3 +72,75 @@ def softmax_cross_entropy(
     return _cross_entropy(
         logits, labels, sample_weight, class_weight, reduction, float(label_smoothing), ignore_index
     )
+
+
+# -- the fused linear head --------------------------------------------------------------------------------
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
+def _linear_head(X: Any, W: Any, labels: Any, bias: Any, sample_weight: Any, class_weight: Any,
+                 options: tuple[tuple[str, Any], ...]) -> Any:  # fmt: skip
+    return _linear.linear_cross_entropy(
+        X, W, labels, bias=bias, sample_weight=sample_weight, class_weight=class_weight, **dict(options)
+    )
+
+
+@_linear_head.defjvp
+def _linear_head_jvp(
+    options: tuple[tuple[str, Any], ...], primals: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[Any, Any]:
+    X, W, labels, bias, sample_weight, class_weight = primals
+    tX, tW, _, tb, _, _ = tangents  # labels and weights are constants
+    opts = dict(options)
+    if opts["reduction"] == "none":
+        # Per-row tangents need each row's logit gradient: differentiate the chunked code itself.
+        def plain(X: Any, W: Any, bias: Any) -> Any:
+            return _linear.linear_cross_entropy(
+                X, W, labels, bias=bias, sample_weight=sample_weight, class_weight=class_weight, **opts
+            )
+
+        return jax.jvp(plain, (X, W, bias), (tX, tW, tb))
+    out = _linear.linear_cross_entropy_and_grad(
+        X, W, labels, bias=bias, sample_weight=sample_weight, class_weight=class_weight, **opts
+    )
+    # Linear in the tangents: reverse mode transposes it, keeping only dX, dW (and dbias) as residuals.
+    tangent = jnp.vdot(out[1], tX) + jnp.vdot(out[2], tW)
+    if bias is not None:
+        tangent = tangent + jnp.vdot(out[3], tb)
+    return out[0], tangent
+
+
+def linear_cross_entropy(
+    X: Any,
+    W: Any,
+    labels: Any,
+    *,
+    bias: Any | None = None,
+    reduction: str = "mean",
+    sample_weight: Any | None = None,
+    class_weight: Any | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | str = "auto",
+) -> Any:
+    """:func:`softdist.linear_cross_entropy` on JAX arrays, differentiable in X, W and bias through a
+    ``jax.custom_jvp`` rule built on the chunked gradients: ``grad``, ``jit``, ``vmap``, ``jvp``,
+    ``jacfwd`` and Hessian-vector products work, and reverse mode keeps only dX, dW and dbias as
+    residuals (no (N, C) array). Labels and weights are constants. ``reduction="none"`` differentiates the
+    chunked computation itself (its reverse mode stores each chunk's intermediates).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, softdist.jax
+    >>> X, W = jnp.ones((8, 4)), jnp.zeros((10, 4))
+    >>> labels = jnp.arange(8)
+    >>> dX, dW = jax.grad(softdist.jax.linear_cross_entropy, argnums=(0, 1))(X, W, labels)
+    >>> dW.shape
+    (10, 4)
+    """
+    options = (
+        ("reduction", reduction), ("label_smoothing", float(label_smoothing)), ("ignore_index", ignore_index),
+        ("z_loss", float(z_loss)), ("softcap", None if softcap is None else float(softcap)),
+        ("chunk_size", chunk_size),
+    )  # fmt: skip
+    return _linear_head(X, W, labels, bias, sample_weight, class_weight, options)

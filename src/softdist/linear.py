@@ -8,7 +8,6 @@ import numbers
 from typing import Any
 
 from . import softmax as _softmax
-from ._agnostic import linear as _generic
 from ._lib import _backends
 from ._lib._compat import device, is_dask_namespace
 from ._lib._validation import check_matrix, check_vector, namespace_of
@@ -58,7 +57,7 @@ def head_core(
     workspace = _backends.linear_workspace(
         X, W, bias, chunk_rows=chunk_rows, work=plan.work, want_dX=want_dX, xp=xp
     )
-    row_loss, dX, dW, db = _generic.linear_head(
+    row_loss, dX, dW, db = _backends.linear_head_runner(xp)(
         X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, z_loss=z_loss, softcap=softcap,
         kernel=_softmax._kernel(xp, [X, W, bias]), xp=xp,
     )  # fmt: skip
