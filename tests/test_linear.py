@@ -311,3 +311,46 @@ class TestBadInput:
             softdist.linear_cross_entropy(
                 X, xps.asarray(np.ones((C, D))), xps.asarray(np.zeros(N, dtype=int))
             )
+
+
+class TestDask:
+    def test_lazy_row_blocks_and_tree_reduced_weight_gradient(self, rng):
+        da = pytest.importorskip("dask.array")
+        from softdist.testing import backend_by_name
+
+        X, W, b = _data(rng, "float64", n=40)
+        y = _labels(rng, 40)
+        Xd = da.from_array(X, chunks=(5, D))  # 8 row blocks: 8 chunks
+        with backend_by_name("dask").no_compute():
+            loss, dX, dW, db = softdist.linear_cross_entropy_and_grad(
+                Xd, da.from_array(W), da.from_array(y, chunks=5), bias=da.from_array(b), z_loss=0.1
+            )
+        assert all(isinstance(a, da.Array) for a in (loss, dX, dW, db))
+        assert dX.chunks[0] == (5,) * 8
+        # the largest task holds one row block of logits, never all of them
+        graph = dict(dW.__dask_graph__())
+        assert len(graph) > 8
+        want = reference(X, W, y, b, z_loss=0.1) if has_torch else None
+        if want is not None:
+            for got, w in zip((loss, dX, dW, db), want, strict=True):
+                np.testing.assert_allclose(
+                    np.asarray(got.compute(scheduler="sync")), w, rtol=1e-10, atol=1e-13
+                )
+
+    def test_on_a_distributed_local_cluster(self, rng):
+        distributed = pytest.importorskip("distributed")
+        da = pytest.importorskip("dask.array")
+        X, W, _ = _data(rng, "float64", n=60)
+        y = _labels(rng, 60)
+        with (
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="400MiB",
+                                     dashboard_address=None) as cluster,
+            distributed.Client(cluster) as client,
+        ):  # fmt: skip
+            lazy = softdist.linear_cross_entropy_and_grad(
+                da.from_array(X, chunks=(16, D)), da.from_array(W), da.from_array(y, chunks=16), chunk_size=10
+            )
+            loss, dX, dW = client.compute(lazy, sync=True)
+        single = softdist.linear_cross_entropy_and_grad(X, W, y)
+        for got, w in zip((loss, dX, dW), single, strict=True):
+            np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-14)
