@@ -25,3 +25,6 @@ tail -3 "$out/tests.txt"
 # The benchmark on every CUDA backend; on SIGTERM it still writes the rows it finished.
 timeout 330 python3 -m softdist bench --device cuda --out "$out" 2>&1 | grep -v '^\[' | tail -40
 echo "bench: exit ${PIPESTATUS[0]}"
+
+# The fused linear head at language-model size: N=8192, D=4096, C=128256, bfloat16 inputs (~1 min).
+timeout 180 python3 benchmarks/linear_head.py gpu 2>&1 | tee "$out/linear_head.txt"

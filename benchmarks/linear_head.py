@@ -3,6 +3,7 @@
     python benchmarks/linear_head.py memory   # N=8192, D=1024, C=32000, chunk_size=1024, one process each
     python benchmarks/linear_head.py time     # N=2048, D=1024, C=32000, default chunking, vs the 3 GEMMs
     python benchmarks/linear_head.py accuracy # float32 vs float64 at chunk sizes 1, 7, 256, N
+    python benchmarks/linear_head.py gpu      # N=8192, D=4096, C=128256 bfloat16 on CUDA (benchmarks/gpu.sh)
 
 Memory is the process's resident high-water mark (ru_maxrss) minus the resident size once the inputs
 exist, minus the returned gradients (dX, dW): what the call needs beyond what it must hold anyway.
@@ -90,7 +91,7 @@ def memory() -> None:
         print(r.stdout.strip() or f"{method}: {r.stderr.strip().splitlines()[-1]}")
 
 
-def _median_time(f, repeats: int = 5) -> float:
+def _median_time(f, repeats: int = 3) -> float:
     f()
     times = []
     for _ in range(repeats):
@@ -146,9 +147,52 @@ def accuracy() -> None:
         )
 
 
+def gpu() -> None:
+    """One row per method: fwd + bwd time and the allocator's peak beyond inputs, bfloat16 on CUDA."""
+    import torch
+
+    import softdist.torch as st
+
+    F = torch.nn.functional
+    n, d, c = 8192, 4096, 128256
+    g = torch.Generator(device="cuda").manual_seed(0)
+    X = torch.randn(n, d, device="cuda", generator=g).to(torch.bfloat16)
+    W = (torch.randn(c, d, device="cuda", generator=g) / d**0.5).to(torch.bfloat16)
+    y = torch.randint(0, c, (n,), device="cuda", generator=g)
+    methods = {
+        "softdist.torch.linear_cross_entropy": lambda X, W: st.linear_cross_entropy(X, W, y),
+        "F.linear + F.cross_entropy": lambda X, W: F.cross_entropy(F.linear(X, W).float(), y),
+    }
+    if hasattr(F, "linear_cross_entropy"):
+        from torch.nn import LinearCrossEntropyOptions
+
+        chunked = LinearCrossEntropyOptions(batch_chunk_size=1024)
+        methods["F.linear_cross_entropy (chunked 1024)"] = lambda X, W: F.linear_cross_entropy(
+            X, W, y, options=chunked
+        )
+    for name, f in methods.items():
+        try:
+            Xr, Wr = X.detach().requires_grad_(), W.detach().requires_grad_()
+            f(Xr, Wr).backward()  # warm-up
+            Xr.grad = Wr.grad = None
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            t0 = time.perf_counter()
+            loss = f(Xr, Wr)
+            loss.backward()
+            torch.cuda.synchronize()
+            ms = (time.perf_counter() - t0) * 1e3
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            print(f"{name:45s} {ms:9.1f} ms  peak {peak:8.0f} MiB beyond inputs  loss {loss.item():.6f}")
+        except Exception as e:  # one method failing (out of memory) does not stop the others
+            print(f"{name:45s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else "time"
     if mode == "_child":
         _child_memory(sys.argv[2])
     else:
-        {"memory": memory, "time": timing, "accuracy": accuracy}[mode]()
+        {"memory": memory, "time": timing, "accuracy": accuracy, "gpu": gpu}[mode]()

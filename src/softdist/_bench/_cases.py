@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import knn, pairwise_sqdist, softmax_cross_entropy_and_grad, softmax_loss
+from .. import (
+    knn,
+    linear_cross_entropy_and_grad,
+    pairwise_sqdist,
+    softmax_cross_entropy_and_grad,
+    softmax_loss,
+)
 from .._lib._compat import array_namespace, device, is_dask_namespace, is_jax_namespace
 from ..testing import Backend, reference_cross_entropy, reference_softmax_loss, reference_sqdist
 
@@ -528,4 +534,142 @@ class SoftmaxLoss(Case):
         return rows, skipped
 
 
-CASES: dict[str, Case] = {c.name: c for c in (PairwiseSqdist(), Knn(), CrossEntropy(), SoftmaxLoss())}
+# -- the fused linear cross-entropy head ------------------------------------------------------------------
+def _reference_linear_head(X: np.ndarray, W: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """Mean loss, dX and dW of the plain formula in long double."""
+    X, W = X.astype(np.longdouble), W.astype(np.longdouble)
+    n = X.shape[0]
+    z = X @ W.T
+    m = z.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+    G = np.exp(z - lse[:, None])
+    G[np.arange(n), y] -= 1
+    G /= n
+    return [np.asarray(np.mean(lse - z[np.arange(n), y]), np.float64), (G @ W).astype(np.float64),
+            (G.T @ X).astype(np.float64)]  # fmt: skip
+
+
+def _textbook_linear_head(X: Any, W: Any, y: Any, G: Any) -> tuple[Any, Any, Any]:
+    """logits = X Wᵀ, the textbook cross-entropy on them, then both products: holds the (N, C) logits."""
+    loss, dz = _textbook_cross_entropy(_matmul(X, W.T), y)
+    return loss, _matmul(dz, W), _matmul(dz.T, X)
+
+
+class LinearHead(Case):
+    name = "linear_cross_entropy"
+    title = "linear_cross_entropy_and_grad(X, W, y): mean loss, dX and dW of a classifier head"
+    work_label = "N · D · C (multiply-adds per product)"
+    sizes = ((4096, 256, 8000), (2048, 1024, 32000))
+    quick_sizes = ((512, 64, 1000), (1024, 128, 4000))
+    accuracy_label = "normwise rel err (logits ~ ±10)"
+
+    def flops(self, size):
+        n, d, c = size
+        return 6.0 * n * d * c  # X Wᵀ, G W and Gᵀ X
+
+    def data(self, size):
+        n, d, c = size
+        rng = _rng()
+        return {"X": rng.standard_normal((n, d)), "W": rng.standard_normal((c, d)) / math.sqrt(d),
+                "y": rng.integers(0, c, n), "G": rng.standard_normal((n, c))}  # fmt: skip
+
+    def probe(self, data):
+        return {"X": data["X"][:512], "W": 10 * data["W"][:2000], "y": data["y"][:512] % 2000,
+                "G": data["G"][:512, :2000]}  # fmt: skip
+
+    def reference(self, probe):
+        return _reference_linear_head(probe["X"], probe["W"], probe["y"])
+
+    def accuracy(self, outputs, reference):
+        rel = _normwise(outputs, list(reference))
+        return rel, f"{rel:.1e}"
+
+    def methods(self, backend, dtype, size, quick):
+        rows = [
+            Method("X Wᵀ + G W + Gᵀ X", "bound",
+                   lambda X, W, y, G: (_matmul(X, W.T), _matmul(G, W), _matmul(G.T, X))),
+            Method("softdist.linear_cross_entropy_and_grad", "softdist",
+                   lambda X, W, y, G: linear_cross_entropy_and_grad(X, W, y)),
+        ]  # fmt: skip
+        skipped: list[str] = []
+        n, _, c = size
+        if n * c * 8 * 3 <= MATERIALISE_LIMIT:
+            rows.append(Method("textbook: logits, cross-entropy, products", "peer", _textbook_linear_head))
+        else:
+            skipped.append("textbook: the logits would exceed the materialisation limit")
+        if backend.library == "torch":
+            rows += _torch_linear_rows(skipped)
+        if backend.library == "jax" and backend.jit:
+            rows += _optax_head_rows(skipped)
+        return rows, skipped
+
+
+def _torch_linear_rows(skipped: list[str]) -> list[Method]:
+    import torch.nn.functional as F
+
+    import softdist.torch as st
+
+    def backward(loss_fn):
+        def run(X, W, y, G):
+            X, W = X.detach().requires_grad_(), W.detach().requires_grad_()
+            loss = loss_fn(X, W, y)
+            loss.backward()
+            return loss.detach(), X.grad, W.grad
+
+        return run
+
+    rows = [
+        Method("softdist.torch.linear_cross_entropy, fwd + bwd", "softdist",
+               backward(st.linear_cross_entropy), jit=False),
+        Method("F.linear + F.cross_entropy + autograd", "peer",
+               backward(lambda X, W, y: F.cross_entropy(F.linear(X, W), y)), jit=False),
+    ]  # fmt: skip
+    if hasattr(F, "linear_cross_entropy"):
+        from torch.nn import LinearCrossEntropyOptions
+
+        chunked = LinearCrossEntropyOptions(batch_chunk_size=1024)
+        rows += [
+            Method("F.linear_cross_entropy (default), fwd + bwd", "peer",
+                   backward(F.linear_cross_entropy), jit=False),
+            Method("F.linear_cross_entropy (chunked 1024), fwd + bwd", "peer",
+                   backward(lambda X, W, y: F.linear_cross_entropy(X, W, y, options=chunked)), jit=False),
+        ]  # fmt: skip
+    else:
+        skipped.append("F.linear_cross_entropy: needs torch >= 2.13")
+    return rows
+
+
+def _optax_head_rows(skipped: list[str]) -> list[Method]:
+    try:
+        import jax
+        import jax.numpy as jnp
+        import optax
+    except ImportError:
+        skipped.append("jax.value_and_grad of optax's loss: optax is not installed")
+        return []
+    import softdist.jax as sj
+
+    def plain(X, W, y):
+        z = jnp.matmul(X, W.T, precision="highest")
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, y))
+
+    plain_grad = jax.jit(jax.value_and_grad(plain, argnums=(0, 1)))
+    ours_grad = jax.jit(jax.value_and_grad(sj.linear_cross_entropy, argnums=(0, 1)))
+
+    def flat(f):
+        def run(X, W, y, G):
+            loss, (dX, dW) = f(X, W, y)
+            return loss, dX, dW
+
+        return run
+
+    return [
+        Method("jax.value_and_grad(softdist.jax.linear_cross_entropy) (jit)", "softdist", flat(ours_grad),
+               jit=False),
+        Method(OPTAX + " of X Wᵀ", "peer", flat(plain_grad), jit=False),
+    ]  # fmt: skip
+
+
+CASES: dict[str, Case] = {
+    c.name: c for c in (PairwiseSqdist(), Knn(), CrossEntropy(), SoftmaxLoss(), LinearHead())
+}
