@@ -354,3 +354,12 @@ class TestDask:
         single = softdist.linear_cross_entropy_and_grad(X, W, y)
         for got, w in zip((loss, dX, dW), single, strict=True):
             np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-14)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import softdist.linear
+
+    result = doctest.testmod(softdist.linear)
+    assert result.failed == 0 and result.attempted >= 6
