@@ -451,12 +451,18 @@ class EagerCPUWorkspace(_linear.Workspace):
         dev = device(W)
         self.buffer = xp.empty((min(chunk_rows, n), c), dtype=work, device=dev)
         self.dX_out = xp.empty((n, d), dtype=W.dtype, device=dev) if want_dX else None
-        self.dW_out = xp.zeros((c, d), dtype=work, device=dev)
-        self.db_out = None if b is None else xp.zeros((c,), dtype=work, device=dev)
+        self.dW_out: Any = None  # allocated by the first gradient: a loss-only call never holds one
+        self.db_out: Any = None
         self.class_block = c
         if is_numpy_namespace(xp):
             self.class_block = max(1, min(c, (16 << 20) // max(1, d * xp.finfo(work).bits // 8)))
-            self.product = xp.empty((self.class_block, d), dtype=work, device=dev)
+
+    def _allocate(self) -> None:
+        xp, (c, d), dev = self.xp, self.W.shape, device(self.W)
+        self.dW_out = xp.zeros((c, d), dtype=self.work, device=dev)
+        self.db_out = None if self.b is None else xp.zeros((c,), dtype=self.work, device=dev)
+        if is_numpy_namespace(xp):
+            self.product = xp.empty((self.class_block, d), dtype=self.work, device=dev)
 
     def scores(self, Xc: Any, *, fresh: bool = False) -> Any:
         if fresh:
@@ -473,6 +479,8 @@ class EagerCPUWorkspace(_linear.Workspace):
 
     def add(self, start: int, stop: int, Xc: Any, G: Any) -> None:
         xp = self.xp
+        if self.dW_out is None:
+            self._allocate()
         Gd = xp.astype(G, self.W.dtype, copy=False)
         if self.dX_out is not None:
             xp.matmul(Gd, self.W, out=self.dX_out[start:stop, ...])
@@ -495,6 +503,8 @@ class EagerCPUWorkspace(_linear.Workspace):
             self.db_out += _softmax.column_sum(G, xp=xp)
 
     def result(self, n: int) -> tuple[Any | None, Any, Any | None]:
+        if self.dW_out is None:  # no rows
+            self._allocate()
         return self.dX_out, self.dW_out, self.db_out
 
 
