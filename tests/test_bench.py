@@ -39,7 +39,13 @@ def quick_run(tmp_path_factory):
 def test_writes_table_json_and_plots(quick_run):
     out, result = quick_run
     table = (out / "bench.md").read_text()
-    for case in ("pairwise_sqdist", "knn", "softmax_cross_entropy_and_grad", "softmax_loss"):
+    for case in (
+        "pairwise_sqdist",
+        "knn",
+        "softmax_cross_entropy_and_grad",
+        "softmax_loss",
+        "linear_cross_entropy",
+    ):
         assert f"## {case}" in table
         if HAS_MATPLOTLIB:
             assert (out / f"{case}.png").stat().st_size > 10_000
