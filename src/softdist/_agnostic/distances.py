@@ -26,8 +26,8 @@ TARGET_RTOL = {32: 1e-4, 64: 1e-10}
 # Safety factor between the typical GEMM rounding error (eps * sqrt(d) * norms) and the threshold;
 # measured worst cases sit about 4x under the bound (benchmarks/accuracy_distances.py).
 TAU_SAFETY = 4.0
-# Largest number of elements a direct-difference chunk materialises (16 MiB in float32).
-DIRECT_CHUNK_ELEMENTS = 1 << 22
+# Largest number of elements a direct-difference chunk materialises (2 MiB in float32; the exact sum keeps about ten such temporaries).
+DIRECT_CHUNK_ELEMENTS = 1 << 19
 
 
 def refine_threshold(dtype: Any, n_features: int, *, xp: Any) -> float:
@@ -38,35 +38,137 @@ def refine_threshold(dtype: Any, n_features: int, *, xp: Any) -> float:
 
 
 def column_mean(A: Any, B: Any | None, *, xp: Any) -> Any:
-    """Common column mean of the rows of A and B, shape (d,): the centre of the expansion.
+    """Common column mean of the finite entries of A and B, shape (d,): the centre of the expansion.
 
-    A column holding NaN or inf gets centre 0, so a non-finite value poisons only its own row's entries
-    rather than every entry through the centring.
+    NaN and inf entries are left out (a column with none finite gets 0), so one non-finite value moves
+    no other row's centre. Each entry is divided by the count before summing: no overflow near the
+    largest float.
     """
-    total = xp.sum(A, axis=0)
-    count = A.shape[0]
-    if B is not None:
-        total = total + xp.sum(B, axis=0)
-        count = count + B.shape[0]
-    mean = total / max(count, 1)
-    return xp.where(xp.isfinite(mean), mean, 0.0)
+    parts = [A] if B is None else [A, B]
+    total = sum(part.shape[0] for part in parts)
+    inv = 1.0 / max(total, 1)
+    mean, count = 0.0, 0.0
+    for part in parts:
+        finite = xp.isfinite(part)
+        mean = mean + xp.sum(xp.where(finite, part * inv, 0.0), axis=0)
+        count = count + xp.sum(xp.astype(finite, part.dtype), axis=0)
+    return xp.where(count > 0, mean * (total / xp.maximum(count, 1.0)), 0.0)
 
 
-def sqdist_expansion(A: Any, B: Any, mean: Any, *, xp: Any) -> tuple[Any, Any, Any]:
-    """Centred expansion in one matrix product; returns (D, |A - mean|^2, |B - mean|^2)."""
-    A_aug, B_aug, ra, rb = augmented_operands(A, B, mean, xp=xp)
-    return xp.matmul(A_aug, xp.matrix_transpose(B_aug)), ra, rb
+def finite_rows(X: Any, *, xp: Any) -> Any:
+    """(n,) True where every coordinate of the row is finite."""
+    return xp.all(xp.isfinite(X), axis=1)
+
+
+def _power_of_two_scales(dtype: Any, n_features: int, *, xp: Any) -> tuple[float, float, float, float]:
+    """(too_big, down, too_small, up): values whose magnitude is above ``too_big`` are multiplied by
+    ``down`` before squaring (and the squares by ``1 / down**2`` after), below ``too_small`` by ``up``.
+
+    Powers of two, so the scaling itself is exact; ``too_big`` leaves room for d squares of differences
+    (and Dekker's split constant) under the largest float, ``too_small`` keeps the squares and their
+    rounding errors above the smallest normal float.
+    """
+    info = xp.finfo(dtype)
+    emax = round(math.log2(info.max))  # 128 / 1024
+    emin = round(math.log2(info.smallest_normal))  # -126 / -1022
+    digits = round(-math.log2(info.eps)) + 1  # 24 / 53
+    hi = (emax - 8 - max(n_features, 1).bit_length()) // 2
+    lo = (emin + 2 * digits) // 2 + 2
+    shift_down = emax + 2 - hi
+    shift_up = hi - lo - 2
+    return 2.0**hi, 2.0**-shift_down, 2.0**lo, 2.0**shift_up
+
+
+def unscale_squares(D: Any, flag: Any, factor: float, *, xp: Any) -> Any:
+    """``D * factor**2`` where ``flag`` (broadcast), exact for a power of two ``factor``; a product past
+    the largest float is inf, without the overflow warning NumPy would give for the multiplication."""
+    one = xp.asarray(1.0, dtype=D.dtype, device=device(D))
+    f = xp.where(flag, xp.asarray(factor, dtype=D.dtype, device=device(D)), one)
+    if factor <= 1.0:
+        return D * f * f
+    over = flag & (D > xp.finfo(D.dtype).max / factor / factor)
+    return xp.where(over, xp.inf, xp.where(over, 0.0, D) * f * f)
+
+
+def _two_sum(a: Any, b: Any) -> tuple[Any, Any]:
+    """Knuth's TwoSum: s + e == a + b exactly (no overflow assumed); additions only."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _square_dd(x: Any, split: float) -> tuple[Any, Any]:
+    """Dekker: p + e == x * x exactly (Veltkamp split; every product below p is exact)."""
+    p = x * x
+    t = x * split
+    hi = t - (t - x)
+    lo = x - hi
+    return p, ((hi * hi - p) + 2.0 * hi * lo) + lo * lo
+
+
+def exact_sqdist_rows(a: Any, b: Any, *, xp: Any) -> Any:
+    """``sum((a - b)**2, axis=1)`` for (P, d) row pairs, as the exact value of the given floats rounded
+    once (to within a relative 2**-100 or so), in a fixed order: the same bits on every backend.
+
+    Each difference is split exactly (TwoSum) into hi + lo, its square exactly into two floats (Dekker),
+    and the d terms are added in double-float precision by a fixed pairwise tree; the result is the
+    rounded hi + lo. Pairs with huge or tiny differences are scaled by powers of two first, so a finite
+    distance never overflows or flushes in between: an unrepresentable one is inf. Non-finite
+    coordinates follow the direct differences: NaN where a coordinate is NaN or inf - inf, else inf.
+    """
+    P, d = a.shape
+    dtype = a.dtype
+    if d == 0 or P == 0:
+        return xp.zeros((P,), dtype=dtype, device=device(a))
+    finite_a, finite_b = xp.isfinite(a), xp.isfinite(b)
+    nan = xp.any(xp.isnan(a) | xp.isnan(b) | (~finite_a & (a == b)), axis=1)
+    inf = xp.any(~(finite_a & finite_b), axis=1)
+    a = xp.where(finite_a, a, 0.0)
+    b = xp.where(finite_b, b, 0.0)
+    too_big, down, too_small, up = _power_of_two_scales(dtype, d, xp=xp)
+    spread = xp.max(xp.abs(a * 0.5 - b * 0.5), axis=1)  # halves: no overflow
+    big = spread > too_big * 0.5
+    small = spread < too_small * 0.5
+    dev = device(a)
+
+    def pick(flag: Any, value: float) -> Any:  # value where flag, else 1 (as arrays: strict needs one)
+        return xp.where(flag, xp.asarray(value, dtype=dtype, device=dev), xp.asarray(1.0, dtype=dtype, device=dev))
+
+    pre = pick(big, down)[:, None]
+    s, e = _two_sum(a * pre, b * -pre)
+    post = pick(small, up)[:, None]
+    s, e = s * post, e * post
+    split = 2.0 ** ((round(-math.log2(xp.finfo(dtype).eps)) + 2) // 2) + 1.0
+    hi, lo = _square_dd(s, split)
+    lo = lo + (2.0 * s * e + e * e)
+    while hi.shape[1] > 1:  # pairwise, always the same pairs: no backend may reassociate this sum
+        half = hi.shape[1] // 2
+        h1, h2, l1, l2 = hi[:, :half], hi[:, half : 2 * half], lo[:, :half], lo[:, half : 2 * half]
+        t, err = _two_sum(h1, h2)
+        err = err + (l1 + l2)
+        h = t + err
+        l = err - (h - t)  # noqa: E741
+        if hi.shape[1] % 2:
+            h = xp.concat([h, hi[:, -1:]], axis=1)
+            l = xp.concat([l, lo[:, -1:]], axis=1)  # noqa: E741
+        hi, lo = h, l
+    total = (hi + lo)[:, 0]
+    total = unscale_squares(total, big, 1.0 / down, xp=xp)
+    total = unscale_squares(total, small, 1.0 / up, xp=xp)
+    return xp.where(nan, xp.nan, xp.where(inf, xp.inf, total))
 
 
 def direct_sqdist_pairs(A: Any, B: Any, rows: Any, cols: Any, *, xp: Any) -> Any:
-    """``sum((A[rows] - B[cols])**2, axis=1)`` in chunks that bound the temporary memory."""
+    """Exact squared distances of the pairs (A[rows], B[cols]) (:func:`exact_sqdist_rows`), in chunks
+    that bound the temporary memory."""
     n_pairs = rows.shape[0]
     step = max(1, DIRECT_CHUNK_ELEMENTS // max(A.shape[1], 1))
     parts = []
     for start in range(0, n_pairs, step):
         stop = min(start + step, n_pairs)
-        diff = xp.take(A, rows[start:stop], axis=0) - xp.take(B, cols[start:stop], axis=0)
-        parts.append(xp.sum(diff * diff, axis=1))
+        a = xp.take(A, rows[start:stop], axis=0)
+        b = xp.take(B, cols[start:stop], axis=0)
+        parts.append(exact_sqdist_rows(a, b, xp=xp))
     if len(parts) == 1:
         return parts[0]
     if not parts:
@@ -77,27 +179,69 @@ def direct_sqdist_pairs(A: Any, B: Any, rows: Any, cols: Any, *, xp: Any) -> Any
 def refine_small_entries(D: Any, A: Any, B: Any, ra: Any, rb: Any, *, tau: float, xp: Any) -> Any:
     """Recompute the flagged entries of D by direct differences (eager backends: data-dependent shapes).
 
-    Only rows whose minimum falls under a per-row bound are examined entry by entry, so well-separated
-    data pays one read-only pass (the row minimum) and nothing else. D is our own temporary and may be
-    updated in place.
+    An entry is flagged when ``D <= tau * (ra + rb)``: ``<=`` so that entries whose norms overflowed
+    (inf <= inf) or underflowed (0 <= 0) are recomputed too. Only rows whose minimum falls under a
+    per-row bound are examined entry by entry, so well-separated data pays one read-only pass (the row
+    minimum) and nothing else. D is our own temporary and may be updated in place.
     """
-    rb_nan = xp.isnan(rb)
-    if xp.any(rb_nan):  # eager-only path: a NaN column would hide every row minimum
-        row_min = xp.min(xp.where(rb_nan[None, :], xp.inf, D), axis=1)
-        rb_max = xp.max(xp.where(rb_nan, -xp.inf, rb))
-    else:
-        row_min = xp.min(D, axis=1)
-        rb_max = xp.max(rb)
-    suspicious = row_min < tau * (ra + rb_max)
+    row_min = xp.min(D, axis=1)
+    suspicious = row_min <= tau * (ra + xp.max(rb))
     (rows,) = xp.nonzero(suspicious)
     if rows.shape[0] == 0:
         return D
     D_rows = xp.take(D, rows, axis=0)
-    flagged = D_rows < tau * (xp.take(ra, rows)[:, None] + rb[None, :])
+    flagged = D_rows <= tau * (xp.take(ra, rows)[:, None] + rb[None, :])
     pair_rows, pair_cols = xp.nonzero(flagged)
     exact = direct_sqdist_pairs(A, B, xp.take(rows, pair_rows), pair_cols, xp=xp)
     D_rows = at(xp.maximum(D_rows, 0.0), flagged).set(exact)
     return at(D, suspicious).set(D_rows)
+
+
+def nonfinite_entries(A: Any, B: Any, *, xp: Any) -> Any:
+    """(n, m): what direct differences give where row i of A or row j of B has a NaN or inf: NaN if
+    either has a NaN or both have an inf of the same sign in one coordinate (inf - inf), else inf.
+    Entries between two finite rows are meaningless here. Two indicator products, no inf arithmetic."""
+
+    def indicator(X: Any, value: float) -> Any:
+        return xp.astype(X == value, X.dtype)
+
+    same_inf = indicator(A, xp.inf) @ xp.matrix_transpose(indicator(B, xp.inf))
+    same_inf = same_inf + indicator(A, -xp.inf) @ xp.matrix_transpose(indicator(B, -xp.inf))
+    nan = xp.any(xp.isnan(A), axis=1)[:, None] | xp.any(xp.isnan(B), axis=1)[None, :] | (same_inf > 0)
+    inf = xp.full(nan.shape, xp.inf, dtype=A.dtype, device=device(A))
+    return xp.where(nan, xp.nan, inf)
+
+
+def set_nonfinite_rows(D: Any, A: Any, B: Any, bad_a: Any, bad_b: Any, *, xp: Any) -> Any:
+    """D with the entries of non-finite rows (bad_a) and columns (bad_b) set by :func:`nonfinite_entries`,
+    computed for those rows and columns only (eager: data-dependent shapes)."""
+
+    def rows_of(D: Any, A: Any, B: Any, bad: Any) -> Any:
+        (rows,) = xp.nonzero(bad)
+        if rows.shape[0] == 0:
+            return D
+        values = nonfinite_entries(xp.take(A, rows, axis=0), B, xp=xp)  # (r, m)
+        place = xp.cumulative_sum(xp.astype(bad, rows.dtype)) - 1  # each bad row's place in values
+        return xp.where(bad[:, None], xp.take(values, xp.where(bad, place, 0), axis=0), D)
+
+    D = rows_of(D, A, B, bad_a)
+    return xp.matrix_transpose(rows_of(xp.matrix_transpose(D), B, A, bad_b))
+
+
+def set_nonfinite_static(D: Any, A: Any, B: Any, bad_a: Any, bad_b: Any, *, xp: Any) -> Any:
+    """:func:`set_nonfinite_rows` with static shapes (every entry computed, then selected)."""
+    return xp.where(bad_a[:, None] | bad_b[None, :], nonfinite_entries(A, B, xp=xp), D)
+
+
+def overflow_scale(A: Any, B: Any | None, *, xp: Any) -> Any:
+    """0-D power of two: 1, or a factor that brings data so large that its centred squared norms could
+    overflow into range (finite entries only; the expansion is computed on the scaled data)."""
+    too_big, down, _, _ = _power_of_two_scales(A.dtype, A.shape[1], xp=xp)
+    largest = xp.max(xp.where(xp.isfinite(A), xp.abs(A), 0.0))
+    if B is not None:
+        largest = xp.maximum(largest, xp.max(xp.where(xp.isfinite(B), xp.abs(B), 0.0)))
+    one = xp.asarray(1.0, dtype=A.dtype, device=device(A))
+    return xp.where(largest > too_big * 0.25, xp.asarray(down, dtype=A.dtype, device=device(A)), one)
 
 
 def augmented_operands(A: Any, B: Any, mean: Any, *, xp: Any) -> tuple[Any, Any, Any, Any]:
@@ -141,8 +285,9 @@ def symmetric_expansion_blocked(A_aug: Any, B_aug: Any, *, xp: Any, block: int =
 
 
 def symmetrize(D: Any, *, xp: Any) -> Any:
-    """Exactly symmetric average of D and its transpose (floating addition commutes)."""
-    return (D + xp.matrix_transpose(D)) * 0.5
+    """Exactly symmetric average of D and its transpose (floating addition commutes); halves first, so
+    entries near the largest float do not overflow."""
+    return D * 0.5 + xp.matrix_transpose(D) * 0.5
 
 
 def pairwise_sqdist(
@@ -152,29 +297,60 @@ def pairwise_sqdist(
     xp: Any,
     refine: Any = refine_small_entries,
     operands: Any = augmented_operands,
+    set_nonfinite: Any = set_nonfinite_rows,
+    eager: bool = True,
+    mean: Any = None,
+    scale: Any = None,
 ) -> Any:
     """Squared distances of floating A (n, d) and B (m, d); B None means A against itself.
 
+    Rows holding a NaN or inf are left out of the expansion (replaced by the centre) and their entries
+    set by ``set_nonfinite`` (:func:`nonfinite_entries`); data large enough to overflow the expansion is
+    expanded at a power-of-two scale and scaled back (inf only where the distance itself overflows).
     ``refine(D, A, B, ra, rb, tau=..., xp=...)`` recomputes the entries the expansion cannot be trusted
-    with; the default needs data-dependent shapes (eager backends). ``operands`` has the signature of
-    :func:`augmented_operands`; a backend may swap in an equivalent that is faster for it.
+    with; the default needs data-dependent shapes (eager backends; ``eager=False`` avoids host reads
+    elsewhere). ``operands`` has the signature of :func:`augmented_operands`; a backend may swap in an
+    equivalent that is faster for it. ``mean``/``scale`` come from a larger problem (Dask blocks).
     """
     symmetric = B is None
     B_ = A if symmetric else B
-    mean = column_mean(A, B, xp=xp)
-    A_aug, B_aug, ra, rb = operands(A, B_, mean, xp=xp)
+    good_a = finite_rows(A, xp=xp)
+    good_b = good_a if symmetric else finite_rows(B_, xp=xp)
+    if scale is None:
+        scale = overflow_scale(A, B, xp=xp)
+    scaled = (not eager) or bool(xp.any(scale != 1.0))  # eager: one host read skips two (n, m) passes
+    A_s, B_s = (A * scale, B_ * scale) if scaled else (A, B_)
+    if mean is None:
+        mean = column_mean(A_s, None if symmetric else B_s, xp=xp)
+    else:
+        mean = mean * scale
+    # Non-finite rows become the centre: finite arithmetic in the expansion, no warnings.
+    A_f = xp.where(good_a[:, None], A_s, mean)
+    B_f = A_f if symmetric else xp.where(good_b[:, None], B_s, mean)
+    A_aug, B_aug, ra, rb = operands(A_f, B_f, mean, xp=xp)
     tau = refine_threshold(A_aug.dtype, A.shape[1], xp=xp)
     if not symmetric:
         D = xp.matmul(A_aug, xp.matrix_transpose(B_aug))
-        return refine(D, A, B_, ra, rb, tau=tau, xp=xp)
-    if is_writeable_array(A_aug):
+    elif is_writeable_array(A_aug):
         D = symmetric_expansion_blocked(A_aug, B_aug, xp=xp)
     else:
         D = symmetrize(xp.matmul(A_aug, xp.matrix_transpose(B_aug)), xp=xp)
-    # The diagonal is exactly zero by definition: keep it out of the refinement (it would make every row
-    # look suspicious) and write it afterwards.
-    D = refine(set_diagonal(D, xp.inf, xp=xp), A, A, ra, ra, tau=tau, xp=xp)
-    return set_diagonal(D, 0.0, xp=xp)
+    if scaled:  # back to the caller's units: inf where the distance overflows, norms likewise
+        big, undo = scale != 1.0, 1.0 / _power_of_two_scales(A.dtype, A.shape[1], xp=xp)[1]
+        D = unscale_squares(D, big, undo, xp=xp)
+        ra = unscale_squares(ra, big, undo, xp=xp)
+        rb = ra if symmetric else unscale_squares(rb, big, undo, xp=xp)
+    # The refinement recomputes from the caller's values (finite rows only: the others are reset below).
+    A_r = xp.where(good_a[:, None], A, 0.0)
+    B_r = A_r if symmetric else xp.where(good_b[:, None], B_, 0.0)
+    if symmetric:
+        # The diagonal is exactly zero by definition: keep it out of the refinement (it would make every
+        # row look suspicious) and write it afterwards.
+        D = refine(set_diagonal(D, xp.inf, xp=xp), A_r, A_r, ra, ra, tau=tau, xp=xp)
+    else:
+        D = refine(D, A_r, B_r, ra, rb, tau=tau, xp=xp)
+    D = set_nonfinite(D, A, B_, ~good_a, ~good_b, xp=xp)
+    return set_diagonal(D, 0.0, xp=xp) if symmetric else D
 
 
 def set_diagonal(D: Any, value: float, *, xp: Any) -> Any:

@@ -12,9 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .._lib._compat import argpartition, default_dtype, device
-from .distances import column_mean, direct_sqdist_pairs
+from .distances import column_mean, direct_sqdist_pairs, finite_rows, overflow_scale
 
 Select = Callable[[Any, int], Any]
+# Index given to a query's own row while it is carried through a merge: past every real index (and
+# exact in int32 and in the float64 that carries indices between Dask blocks).
+OWN_ROW_INDEX = 2**31 - 1
 
 
 def select_smallest(D: Any, count: int, *, xp: Any) -> Any:
@@ -74,9 +77,14 @@ def tile_neighbours(
     columns = select(D, min(2 * k, tm))
     exact = exact_sqdist(Qt, Xt, columns, xp=xp)
     index = columns + j0
-    if own is not None:  # a tile narrower than 2k may have to keep the query's own row: push it last
-        exact = xp.where(index == xp.arange(tq, device=device(D))[:, None] + q0, xp.nan, exact)
     index = xp.astype(index, default_dtype(xp, "indexing", device=device(D)))
+    if own is not None:
+        # A tile narrower than 2k may have to keep the query's own row: NaN with an index past every
+        # real one sorts it after every other entry, NaN-distance ones included; with k <= m - 1 the
+        # merges always drop it.
+        mine = index == xp.astype(xp.arange(tq, device=device(D))[:, None] + q0, index.dtype)
+        exact = xp.where(mine, xp.nan, exact)
+        index = xp.where(mine, xp.asarray(OWN_ROW_INDEX, dtype=index.dtype, device=device(D)), index)
     return sorted_smallest(exact, index, min(k, index.shape[1]), xp=xp)
 
 
@@ -168,10 +176,20 @@ def knn_pruned(
     blocks): they decide which entry is a query's own row, and are added to the returned indices.
     """
     nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
-    mean = column_mean(X, None, xp=xp)
-    Q_aug, X_aug, rq, rx = operands(Q, X, mean, xp=xp)
+    # The expansion (for pruning only) runs on finite rows at a power-of-two scale that cannot overflow;
+    # rows with a NaN or inf get a NaN norm, so no expansion entry of theirs passes a threshold, and
+    # their exact values are filled in at the end. Exact values come from the caller's floats.
+    scale = float(overflow_scale(X, Q, xp=xp))  # eager path: one host read
+    good_q, good_x = finite_rows(Q, xp=xp), finite_rows(X, xp=xp)
+    mean = column_mean(X * scale, None, xp=xp)
+    Q_aug, X_aug, rq, rx = operands(
+        xp.where(good_q[:, None], Q * scale, mean), xp.where(good_x[:, None], X * scale, mean), mean, xp=xp
+    )
+    rq, rx = xp.where(good_q, rq, xp.nan), xp.where(good_x, rx, xp.nan)
+    Q_aug = xp.concat([Q_aug[:, :d], rq[:, None], Q_aug[:, d + 1 :]], axis=1)
+    X_aug = xp.concat([X_aug[:, : d + 1], rx[:, None]], axis=1)
     eps = xp.finfo(Q.dtype).eps
-    rx_max = xp.max(xp.where(xp.isfinite(rx), rx, 0.0))  # a NaN row must not poison every bound
+    rx_max = xp.max(xp.where(good_x, rx, 0.0))
     bound = EXPANSION_BOUND * eps * (d + 2) ** 0.5 * (rq + rx_max)
     first = min(m, max(2 * k, FIRST_TILE_COLUMNS))
     index_dtype = default_dtype(xp, "indexing", device=device(Q))
@@ -198,7 +216,7 @@ def knn_pruned(
         for j0 in range(0, m, tile_cols):
             j1 = min(j0 + tile_cols, m)
             D = expansion(j0, j1)
-            limit = xp.minimum(seed_tau, best_d[:, -1]) + bound[q0:q1]
+            limit = xp.minimum(seed_tau, best_d[:, -1]) * scale * scale + bound[q0:q1]
             keep = D <= limit[:, None]
             own = (
                 own_entries(q1 - q0, j1 - j0, q0 + row_offset, j0 + col_offset, xp=xp, dev=device(D))
@@ -215,8 +233,8 @@ def knn_pruned(
             exact = direct_sqdist_pairs(Qt, X, r, c, xp=xp)
             best_d, best_i = _merge_ragged(best_d, best_i, r, exact, c + col_offset, xp=xp)
         short = xp.any(best_i < 0, axis=1)
-        if bool(xp.any(short)):  # NaN distances pass no threshold: fill with NaN-distance rows by index
-            best_d, best_i = _fill_nan_neighbours(
+        if bool(xp.any(short)):  # inf and NaN distances pass no threshold: those rows in full
+            best_d, best_i = _fill_short_rows(
                 Qt, X, best_d, best_i, short, q0 + row_offset, col_offset, exclude_self, xp=xp
             )
         out_d.append(best_d)
@@ -224,27 +242,31 @@ def knn_pruned(
     return _stack_rows(out_d, xp=xp), _stack_rows(out_i, xp=xp)
 
 
-def _fill_nan_neighbours(
+def _fill_short_rows(
     Qt: Any, X: Any, best_d: Any, best_i: Any, short: Any, q0: int, j0: int, exclude_self: bool, *, xp: Any
 ) -> tuple[Any, Any]:
-    """Rows with fewer than k finite neighbours (a NaN query, or fewer than k NaN-free references): the
-    remaining places go to the NaN-distance references in index order, as the sort would put them."""
-    k = best_d.shape[1]
-    x_nan = xp.any(xp.isnan(X), axis=1)
-    q_nan = xp.any(xp.isnan(Qt), axis=1)
+    """Rows with fewer than k neighbours found (a non-finite query, or fewer than k references at a
+    finite distance): exact distances to every reference, sorted by (distance, index), NaN last."""
+    k, m = best_d.shape[1], X.shape[0]
     (rows,) = xp.nonzero(short)
+    index_dtype = best_i.dtype
+    cols = xp.arange(m, device=device(X), dtype=index_dtype)
     d_rows, i_rows = [], []
-    for r in rows:  # rare: one small pass each
+    for r in rows:  # rare: one pass over X each
         r = int(r)
-        found = int(xp.sum(xp.astype(best_i[r, ...] >= 0, xp.int64)))
-        eligible = xp.ones_like(x_nan) if bool(q_nan[r]) else x_nan
-        if exclude_self and 0 <= q0 + r - j0 < X.shape[0]:
-            eligible = eligible & (xp.arange(X.shape[0], device=device(X)) != q0 + r - j0)
-        (extra,) = xp.nonzero(eligible)
-        extra = xp.astype(extra[: k - found], best_i.dtype) + j0
-        nan = xp.full(k - found, xp.nan, dtype=best_d.dtype, device=device(best_d))
-        d_rows.append(xp.concat([best_d[r, :found], nan]))
-        i_rows.append(xp.concat([best_i[r, :found], extra]))
+        exact = direct_sqdist_pairs(Qt, X, xp.full(m, r, dtype=index_dtype, device=device(X)), cols, xp=xp)
+        index = cols + j0
+        if exclude_self:
+            mine = cols == q0 + r - j0
+            exact = xp.where(mine, xp.nan, exact)
+            index = xp.where(mine, xp.asarray(OWN_ROW_INDEX, dtype=index_dtype, device=device(X)), index)
+        dist, idx = sorted_smallest(exact[None, :], index[None, :], min(k, m), xp=xp)
+        if m < k:  # a Dask block narrower than k: pad, the merge of the blocks drops these
+            pad = k - m
+            dist = xp.concat([dist, xp.full((1, pad), xp.nan, dtype=dist.dtype, device=device(X))], axis=1)
+            idx = xp.concat([idx, xp.full((1, pad), OWN_ROW_INDEX, dtype=index_dtype, device=device(X))], axis=1)
+        d_rows.append(dist[0, ...])
+        i_rows.append(idx[0, ...])
     place = xp.cumulative_sum(xp.astype(short, xp.int64)) - 1  # position of each short row in d_rows
     take = xp.where(short, place, 0)
     best_d = xp.where(short[:, None], xp.take(xp.stack(d_rows), take, axis=0), best_d)

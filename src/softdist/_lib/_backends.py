@@ -79,7 +79,7 @@ def jax_refine_static(
     count_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)  # int32 unless x64 is enabled
 
     def flags(D: Any) -> Any:
-        flagged = D < tau * (ra[:, None] + rb[None, :])
+        flagged = D <= tau * (ra[:, None] + rb[None, :])  # <=: overflowed (inf) and underflowed (0) norms
         # B=None: refine the upper triangle only, then mirror it, so the result stays symmetric
         return flagged & (row < col) if symmetric else flagged
 
@@ -109,7 +109,17 @@ def _jax_sqdist_with_count(A: Any, B: Any | None, *, xp: Any, budget: int) -> tu
     def refine(*args: Any, **kwargs: Any) -> Any:
         return jax_refine_static(*args, **kwargs, budget=budget, counts=counts)
 
-    D = _generic.pairwise_sqdist(A, B, xp=xp, refine=refine)
+    def set_nonfinite(D: Any, A: Any, B: Any, bad_a: Any, bad_b: Any, *, xp: Any) -> Any:
+        # Finite data (the usual case) skips the two indicator products.
+        def fix(D: Any) -> Any:
+            return _generic.set_nonfinite_static(D, A, B, bad_a, bad_b, xp=xp)
+
+        return jax.lax.cond(jnp.any(bad_a) | jnp.any(bad_b), fix, lambda D: D, D)
+
+    import jax
+    import jax.numpy as jnp
+
+    D = _generic.pairwise_sqdist(A, B, xp=xp, refine=refine, set_nonfinite=set_nonfinite, eager=False)
     return D, counts[0]
 
 
@@ -181,22 +191,21 @@ def dask_pairwise_sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
 
     symmetric = B is None
     B_ = A if symmetric else B
-    mean = _generic.column_mean(A, B, xp=xp)
+    scale = _generic.overflow_scale(A, B, xp=xp)
+    mean = _generic.column_mean(A * scale, None if symmetric else B * scale, xp=xp) / scale
 
-    def block(a: Any, b: Any, mu: Any) -> Any:
-        xb = array_namespace(a)
-        D, ra, rb = _generic.sqdist_expansion(a, b, mu, xp=xb)
-        tau = _generic.refine_threshold(D.dtype, a.shape[1], xp=xb)
-        return _generic.refine_small_entries(D, a, b, ra, rb, tau=tau, xp=xb)
+    def block(a: Any, b: Any, mu: Any, sc: Any) -> Any:
+        return _generic.pairwise_sqdist(a, b, xp=array_namespace(a), mean=mu, scale=sc[0])
 
     D = da.blockwise(
-        block, "ij", A, "ik", B_, "jk", mean, "k",
+        block, "ij", A, "ik", B_, "jk", mean, "k", xp.reshape(scale, (1,)), "z",
         concatenate=True, dtype=dtype, meta=meta_from_array(A, ndim=2, dtype=dtype),
     )  # fmt: skip
     if symmetric:
-        # Blocks (i, j) and (j, i) are computed separately: average them for exact symmetry. The diagonal
-        # entries were recomputed by direct differences (A_i - A_i), hence are exactly zero already.
-        D = _generic.symmetrize(D, xp=xp)
+        # Blocks (i, j) and (j, i) are computed separately: average them for exact symmetry, and write
+        # the diagonal's exact zeros (a NaN row's own entry would be NaN in its block).
+        rows = da.arange(A.shape[0], chunks=(A.chunks[0],))
+        D = xp.where(rows[:, None] == rows[None, :], 0.0, _generic.symmetrize(D, xp=xp))
     return D
 
 
