@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from softdist.testing import BACKENDS, SQDIST_RTOL, Backend, enable_jax_x64
+from softdist.testing import BACKENDS, Backend, enable_jax_x64
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -42,6 +42,6 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
-# Relative tolerance of each float dtype against the float64 reference: what the library promises
-# (README "Accuracy").
-RTOL = SQDIST_RTOL
+# Relative tolerance of each float dtype against the float64 reference: the promise of the README
+# ("Accuracy of the distances"), written out here so that loosening the library cannot loosen the tests.
+RTOL = {"float32": 1e-4, "float64": 1e-10}

@@ -66,7 +66,8 @@ def knn(
     Returns
     -------
     sqdist : array (nq, k)
-        Exact squared distances (direct differences of the returned pairs), in Q's floating dtype.
+        Exact squared distances of the returned pairs (the exact value of the given floats, rounded
+        once: the same bits on every backend), in the promoted floating dtype of Q and X.
     indices : array (nq, k)
         Row indices into X, in the namespace's default index dtype. Both sorted by (distance, index):
         ties go to the lower index, identically on every backend; NaN distances sort last.

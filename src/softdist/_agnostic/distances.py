@@ -26,7 +26,8 @@ TARGET_RTOL = {32: 1e-4, 64: 1e-10}
 # Safety factor between the typical GEMM rounding error (eps * sqrt(d) * norms) and the threshold;
 # measured worst cases sit about 4x under the bound (benchmarks/accuracy_distances.py).
 TAU_SAFETY = 4.0
-# Largest number of elements a direct-difference chunk materialises (2 MiB in float32; the exact sum keeps about ten such temporaries).
+# Largest number of elements a direct-difference chunk materialises (2 MiB in float32; the exact sum
+# keeps about ten such temporaries).
 DIRECT_CHUNK_ELEMENTS = 1 << 19
 
 
@@ -132,7 +133,8 @@ def exact_sqdist_rows(a: Any, b: Any, *, xp: Any) -> Any:
     dev = device(a)
 
     def pick(flag: Any, value: float) -> Any:  # value where flag, else 1 (as arrays: strict needs one)
-        return xp.where(flag, xp.asarray(value, dtype=dtype, device=dev), xp.asarray(1.0, dtype=dtype, device=dev))
+        one = xp.asarray(1.0, dtype=dtype, device=dev)
+        return xp.where(flag, xp.asarray(value, dtype=dtype, device=dev), one)
 
     pre = pick(big, down)[:, None]
     s, e = _two_sum(a * pre, b * -pre)
@@ -147,11 +149,11 @@ def exact_sqdist_rows(a: Any, b: Any, *, xp: Any) -> Any:
         t, err = _two_sum(h1, h2)
         err = err + (l1 + l2)
         h = t + err
-        l = err - (h - t)  # noqa: E741
+        low = err - (h - t)
         if hi.shape[1] % 2:
             h = xp.concat([h, hi[:, -1:]], axis=1)
-            l = xp.concat([l, lo[:, -1:]], axis=1)  # noqa: E741
-        hi, lo = h, l
+            low = xp.concat([low, lo[:, -1:]], axis=1)
+        hi, lo = h, low
     total = (hi + lo)[:, 0]
     total = unscale_squares(total, big, 1.0 / down, xp=xp)
     total = unscale_squares(total, small, 1.0 / up, xp=xp)
@@ -185,12 +187,12 @@ def refine_small_entries(D: Any, A: Any, B: Any, ra: Any, rb: Any, *, tau: float
     minimum) and nothing else. D is our own temporary and may be updated in place.
     """
     row_min = xp.min(D, axis=1)
-    suspicious = row_min <= tau * (ra + xp.max(rb))
+    suspicious = row_min <= tau * ra + tau * xp.max(rb)  # tau <= 0.5 first: no overflow
     (rows,) = xp.nonzero(suspicious)
     if rows.shape[0] == 0:
         return D
     D_rows = xp.take(D, rows, axis=0)
-    flagged = D_rows <= tau * (xp.take(ra, rows)[:, None] + rb[None, :])
+    flagged = D_rows <= tau * xp.take(ra, rows)[:, None] + tau * rb[None, :]
     pair_rows, pair_cols = xp.nonzero(flagged)
     exact = direct_sqdist_pairs(A, B, xp.take(rows, pair_rows), pair_cols, xp=xp)
     D_rows = at(xp.maximum(D_rows, 0.0), flagged).set(exact)

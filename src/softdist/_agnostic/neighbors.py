@@ -262,9 +262,9 @@ def _fill_short_rows(
             index = xp.where(mine, xp.asarray(OWN_ROW_INDEX, dtype=index_dtype, device=device(X)), index)
         dist, idx = sorted_smallest(exact[None, :], index[None, :], min(k, m), xp=xp)
         if m < k:  # a Dask block narrower than k: pad, the merge of the blocks drops these
-            pad = k - m
-            dist = xp.concat([dist, xp.full((1, pad), xp.nan, dtype=dist.dtype, device=device(X))], axis=1)
-            idx = xp.concat([idx, xp.full((1, pad), OWN_ROW_INDEX, dtype=index_dtype, device=device(X))], axis=1)
+            pad = (1, k - m)
+            dist = xp.concat([dist, xp.full(pad, xp.nan, dtype=dist.dtype, device=device(X))], axis=1)
+            idx = xp.concat([idx, xp.full(pad, OWN_ROW_INDEX, dtype=index_dtype, device=device(X))], axis=1)
         d_rows.append(dist[0, ...])
         i_rows.append(idx[0, ...])
     place = xp.cumulative_sum(xp.astype(short, xp.int64)) - 1  # position of each short row in d_rows

@@ -79,7 +79,7 @@ def jax_refine_static(
     count_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)  # int32 unless x64 is enabled
 
     def flags(D: Any) -> Any:
-        flagged = D <= tau * (ra[:, None] + rb[None, :])  # <=: overflowed (inf) and underflowed (0) norms
+        flagged = D <= tau * ra[:, None] + tau * rb[None, :]  # <=: overflowed (inf) and underflowed (0) norms
         # B=None: refine the upper triangle only, then mirror it, so the result stays symmetric
         return flagged & (row < col) if symmetric else flagged
 
