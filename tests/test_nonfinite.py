@@ -41,7 +41,8 @@ def _exact_sqdist(A: np.ndarray, B: np.ndarray) -> np.ndarray:
                 out[i, j] = inf
             else:
                 s = sum(
-                    (fractions.Fraction(float(x)) - fractions.Fraction(float(y))) ** 2 for x, y in zip(a, b)
+                    (fractions.Fraction(float(x)) - fractions.Fraction(float(y))) ** 2
+                    for x, y in zip(a, b, strict=True)
                 )
                 if s >= big:
                     out[i, j] = inf
