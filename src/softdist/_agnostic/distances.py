@@ -38,21 +38,23 @@ def refine_threshold(dtype: Any, n_features: int, *, xp: Any) -> float:
     return min(0.5, TAU_SAFETY * info.eps * math.sqrt(n_features + 2) / target)
 
 
-def column_mean(A: Any, B: Any | None, *, xp: Any) -> Any:
+def column_mean(A: Any, B: Any | None, *, xp: Any, eager: bool = True) -> Any:
     """Common column mean of the finite entries of A and B, shape (d,): the centre of the expansion.
 
     NaN and inf entries are left out (a column with none finite gets 0), so one non-finite value moves
-    no other row's centre. Each entry is divided by the count before summing: no overflow near the
-    largest float.
+    no other row's centre; each entry is divided by the count before summing, so the sum cannot
+    overflow near the largest float. ``eager``: one host read skips the masking when all is finite.
     """
     parts = [A] if B is None else [A, B]
     total = sum(part.shape[0] for part in parts)
     inv = 1.0 / max(total, 1)
+    if eager and all(bool(xp.all(xp.isfinite(part))) for part in parts):
+        return sum(xp.sum(part * inv, axis=0) for part in parts)
     mean, count = 0.0, 0.0
     for part in parts:
-        finite = xp.isfinite(part)
-        mean = mean + xp.sum(xp.where(finite, part * inv, 0.0), axis=0)
-        count = count + xp.sum(xp.astype(finite, part.dtype), axis=0)
+        ok = xp.isfinite(part)
+        mean = mean + xp.sum(xp.where(ok, part * inv, 0.0), axis=0)
+        count = count + xp.sum(xp.astype(ok, part.dtype), axis=0)
     return xp.where(count > 0, mean * (total / xp.maximum(count, 1.0)), 0.0)
 
 
@@ -107,7 +109,9 @@ def _square_dd(x: Any, split: float) -> tuple[Any, Any]:
     return p, ((hi * hi - p) + 2.0 * hi * lo) + lo * lo
 
 
-def exact_sqdist_rows(a: Any, b: Any, *, xp: Any) -> Any:
+def exact_sqdist_rows(
+    a: Any, b: Any, *, xp: Any, finite: bool = False, in_range: bool = False, eager: bool = False
+) -> Any:
     """``sum((a - b)**2, axis=1)`` for (P, d) row pairs, as the exact value of the given floats rounded
     once (to within a relative 2**-100 or so), in a fixed order: the same bits on every backend.
 
@@ -116,30 +120,39 @@ def exact_sqdist_rows(a: Any, b: Any, *, xp: Any) -> Any:
     rounded hi + lo. Pairs with huge or tiny differences are scaled by powers of two first, so a finite
     distance never overflows or flushes in between: an unrepresentable one is inf. Non-finite
     coordinates follow the direct differences: NaN where a coordinate is NaN or inf - inf, else inf.
+
+    Shortcuts that change no bit: ``finite`` (the caller knows every value is finite), ``in_range``
+    (every magnitude is at most a quarter of the overflow threshold), ``eager`` (one host read skips the
+    tiny-difference scaling when no pair needs it).
     """
     P, d = a.shape
     dtype = a.dtype
     if d == 0 or P == 0:
         return xp.zeros((P,), dtype=dtype, device=device(a))
-    finite_a, finite_b = xp.isfinite(a), xp.isfinite(b)
-    nan = xp.any(xp.isnan(a) | xp.isnan(b) | (~finite_a & (a == b)), axis=1)
-    inf = xp.any(~(finite_a & finite_b), axis=1)
-    a = xp.where(finite_a, a, 0.0)
-    b = xp.where(finite_b, b, 0.0)
+    if not finite:
+        finite_a, finite_b = xp.isfinite(a), xp.isfinite(b)
+        nan = xp.any(xp.isnan(a) | xp.isnan(b) | (~finite_a & (a == b)), axis=1)
+        inf = xp.any(~(finite_a & finite_b), axis=1)
+        a = xp.where(finite_a, a, 0.0)
+        b = xp.where(finite_b, b, 0.0)
     too_big, down, too_small, up = _power_of_two_scales(dtype, d, xp=xp)
-    spread = xp.max(xp.abs(a * 0.5 - b * 0.5), axis=1)  # halves: no overflow
-    big = spread > too_big * 0.5
-    small = spread < too_small * 0.5
     dev = device(a)
 
     def pick(flag: Any, value: float) -> Any:  # value where flag, else 1 (as arrays: strict needs one)
         one = xp.asarray(1.0, dtype=dtype, device=dev)
         return xp.where(flag, xp.asarray(value, dtype=dtype, device=dev), one)
 
-    pre = pick(big, down)[:, None]
-    s, e = _two_sum(a * pre, b * -pre)
-    post = pick(small, up)[:, None]
-    s, e = s * post, e * post
+    if in_range:
+        s, e = _two_sum(a, -b)
+    else:
+        big = xp.max(xp.abs(a * 0.5 - b * 0.5), axis=1) > too_big * 0.5  # halves: no overflow
+        pre = pick(big, down)[:, None]
+        s, e = _two_sum(a * pre, b * -pre)
+    small = xp.max(xp.abs(s), axis=1) < too_small
+    scale_up = not eager or bool(xp.any(small))
+    if scale_up:
+        post = pick(small, up)[:, None]
+        s, e = s * post, e * post
     split = 2.0 ** ((round(-math.log2(xp.finfo(dtype).eps)) + 2) // 2) + 1.0
     hi, lo = _square_dd(s, split)
     lo = lo + (2.0 * s * e + e * e)
@@ -155,14 +168,18 @@ def exact_sqdist_rows(a: Any, b: Any, *, xp: Any) -> Any:
             low = xp.concat([low, lo[:, -1:]], axis=1)
         hi, lo = h, low
     total = (hi + lo)[:, 0]
-    total = unscale_squares(total, big, 1.0 / down, xp=xp)
-    total = unscale_squares(total, small, 1.0 / up, xp=xp)
+    if not in_range:
+        total = unscale_squares(total, big, 1.0 / down, xp=xp)
+    if scale_up:
+        total = unscale_squares(total, small, 1.0 / up, xp=xp)
+    if finite:
+        return total
     return xp.where(nan, xp.nan, xp.where(inf, xp.inf, total))
 
 
-def direct_sqdist_pairs(A: Any, B: Any, rows: Any, cols: Any, *, xp: Any) -> Any:
-    """Exact squared distances of the pairs (A[rows], B[cols]) (:func:`exact_sqdist_rows`), in chunks
-    that bound the temporary memory."""
+def direct_sqdist_pairs(A: Any, B: Any, rows: Any, cols: Any, *, xp: Any, **shortcuts: bool) -> Any:
+    """Exact squared distances of the pairs (A[rows], B[cols]) (:func:`exact_sqdist_rows`, which takes
+    the ``shortcuts``), in chunks that bound the temporary memory."""
     n_pairs = rows.shape[0]
     step = max(1, DIRECT_CHUNK_ELEMENTS // max(A.shape[1], 1))
     parts = []
@@ -170,7 +187,7 @@ def direct_sqdist_pairs(A: Any, B: Any, rows: Any, cols: Any, *, xp: Any) -> Any
         stop = min(start + step, n_pairs)
         a = xp.take(A, rows[start:stop], axis=0)
         b = xp.take(B, cols[start:stop], axis=0)
-        parts.append(exact_sqdist_rows(a, b, xp=xp))
+        parts.append(exact_sqdist_rows(a, b, xp=xp, **shortcuts))
     if len(parts) == 1:
         return parts[0]
     if not parts:
@@ -194,7 +211,7 @@ def refine_small_entries(D: Any, A: Any, B: Any, ra: Any, rb: Any, *, tau: float
     D_rows = xp.take(D, rows, axis=0)
     flagged = D_rows <= tau * xp.take(ra, rows)[:, None] + tau * rb[None, :]
     pair_rows, pair_cols = xp.nonzero(flagged)
-    exact = direct_sqdist_pairs(A, B, xp.take(rows, pair_rows), pair_cols, xp=xp)
+    exact = direct_sqdist_pairs(A, B, xp.take(rows, pair_rows), pair_cols, xp=xp, finite=True, eager=True)
     D_rows = at(xp.maximum(D_rows, 0.0), flagged).set(exact)
     return at(D, suspicious).set(D_rows)
 
@@ -239,9 +256,8 @@ def overflow_scale(A: Any, B: Any | None, *, xp: Any) -> Any:
     """0-D power of two: 1, or a factor that brings data so large that its centred squared norms could
     overflow into range (finite entries only; the expansion is computed on the scaled data)."""
     too_big, down, _, _ = _power_of_two_scales(A.dtype, A.shape[1], xp=xp)
-    largest = xp.max(xp.where(xp.isfinite(A), xp.abs(A), 0.0))
-    if B is not None:
-        largest = xp.maximum(largest, xp.max(xp.where(xp.isfinite(B), xp.abs(B), 0.0)))
+    parts = [A] if B is None else [A, B]
+    largest = xp.max(xp.stack([xp.max(xp.where(xp.isfinite(p), xp.abs(p), 0.0)) for p in parts]))
     one = xp.asarray(1.0, dtype=A.dtype, device=device(A))
     return xp.where(largest > too_big * 0.25, xp.asarray(down, dtype=A.dtype, device=device(A)), one)
 
@@ -323,7 +339,7 @@ def pairwise_sqdist(
     scaled = (not eager) or bool(xp.any(scale != 1.0))  # eager: one host read skips two (n, m) passes
     A_s, B_s = (A * scale, B_ * scale) if scaled else (A, B_)
     if mean is None:
-        mean = column_mean(A_s, None if symmetric else B_s, xp=xp)
+        mean = column_mean(A_s, None if symmetric else B_s, xp=xp, eager=eager)
     else:
         mean = mean * scale
     # Non-finite rows become the centre: finite arithmetic in the expansion, no warnings.

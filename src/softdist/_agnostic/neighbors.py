@@ -180,6 +180,7 @@ def knn_pruned(
     # rows with a NaN or inf get a NaN norm, so no expansion entry of theirs passes a threshold, and
     # their exact values are filled in at the end. Exact values come from the caller's floats.
     scale = float(overflow_scale(X, Q, xp=xp))  # eager path: one host read
+    in_range = scale == 1.0  # magnitudes within a quarter of the threshold: no pair needs scaling down
     good_q, good_x = finite_rows(Q, xp=xp), finite_rows(X, xp=xp)
     mean = column_mean(X * scale, None, xp=xp)
     Q_aug, X_aug, rq, rx = operands(
@@ -230,7 +231,8 @@ def knn_pruned(
             if flat.shape[0] == 0:
                 continue
             r, c = flat // (j1 - j0), xp.astype(flat % (j1 - j0), index_dtype) + j0
-            exact = direct_sqdist_pairs(Qt, X, r, c, xp=xp)
+            # kept entries are between finite rows (others have NaN expansion values)
+            exact = direct_sqdist_pairs(Qt, X, r, c, xp=xp, finite=True, in_range=in_range, eager=True)
             best_d, best_i = _merge_ragged(best_d, best_i, r, exact, c + col_offset, xp=xp)
         short = xp.any(best_i < 0, axis=1)
         if bool(xp.any(short)):  # inf and NaN distances pass no threshold: those rows in full

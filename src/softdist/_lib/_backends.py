@@ -192,7 +192,9 @@ def dask_pairwise_sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
     symmetric = B is None
     B_ = A if symmetric else B
     scale = _generic.overflow_scale(A, B, xp=xp)
-    mean = _generic.column_mean(A * scale, None if symmetric else B * scale, xp=xp) / scale
+    mean = (
+        _generic.column_mean(A * scale, None if symmetric else B * scale, xp=xp, eager=False) / scale
+    )  # lazy
 
     def block(a: Any, b: Any, mu: Any, sc: Any) -> Any:
         return _generic.pairwise_sqdist(a, b, xp=array_namespace(a), mean=mu, scale=sc[0])
