@@ -38,17 +38,18 @@ def refine_threshold(dtype: Any, n_features: int, *, xp: Any) -> float:
     return min(0.5, TAU_SAFETY * info.eps * math.sqrt(n_features + 2) / target)
 
 
-def column_mean(A: Any, B: Any | None, *, xp: Any, eager: bool = True) -> Any:
+def column_mean(A: Any, B: Any | None, *, xp: Any, eager: bool = True, finite: bool = False) -> Any:
     """Common column mean of the finite entries of A and B, shape (d,): the centre of the expansion.
 
     NaN and inf entries are left out (a column with none finite gets 0), so one non-finite value moves
     no other row's centre; each entry is divided by the count before summing, so the sum cannot
-    overflow near the largest float. ``eager``: one host read skips the masking when all is finite.
+    overflow near the largest float. ``eager``: one host read skips the masking when all is finite;
+    ``finite``: the caller knows it is.
     """
     parts = [A] if B is None else [A, B]
     total = sum(part.shape[0] for part in parts)
     inv = 1.0 / max(total, 1)
-    if eager and all(bool(xp.all(xp.isfinite(part))) for part in parts):
+    if finite or (eager and all(bool(xp.all(xp.isfinite(part))) for part in parts)):
         return sum(xp.sum(part * inv, axis=0) for part in parts)
     mean, count = 0.0, 0.0
     for part in parts:
@@ -252,12 +253,15 @@ def set_nonfinite_static(D: Any, A: Any, B: Any, bad_a: Any, bad_b: Any, *, xp: 
     return xp.where(bad_a[:, None] | bad_b[None, :], nonfinite_entries(A, B, xp=xp), D)
 
 
-def overflow_scale(A: Any, B: Any | None, *, xp: Any) -> Any:
+def overflow_scale(A: Any, B: Any | None, *, xp: Any, finite: bool = False) -> Any:
     """0-D power of two: 1, or a factor that brings data so large that its centred squared norms could
     overflow into range (finite entries only; the expansion is computed on the scaled data)."""
     too_big, down, _, _ = _power_of_two_scales(A.dtype, A.shape[1], xp=xp)
     parts = [A] if B is None else [A, B]
-    largest = xp.max(xp.stack([xp.max(xp.where(xp.isfinite(p), xp.abs(p), 0.0)) for p in parts]))
+    if finite:
+        largest = xp.max(xp.stack([xp.max(xp.abs(p)) for p in parts]))
+    else:
+        largest = xp.max(xp.stack([xp.max(xp.where(xp.isfinite(p), xp.abs(p), 0.0)) for p in parts]))
     one = xp.asarray(1.0, dtype=A.dtype, device=device(A))
     return xp.where(largest > too_big * 0.25, xp.asarray(down, dtype=A.dtype, device=device(A)), one)
 
@@ -334,17 +338,21 @@ def pairwise_sqdist(
     B_ = A if symmetric else B
     good_a = finite_rows(A, xp=xp)
     good_b = good_a if symmetric else finite_rows(B_, xp=xp)
+    # eager: one host read lets all-finite data (the usual case) skip the masking passes below
+    clean = eager and bool(xp.all(good_a) & xp.all(good_b))
     if scale is None:
-        scale = overflow_scale(A, B, xp=xp)
+        scale = overflow_scale(A, B, xp=xp, finite=clean)
     scaled = (not eager) or bool(xp.any(scale != 1.0))  # eager: one host read skips two (n, m) passes
     A_s, B_s = (A * scale, B_ * scale) if scaled else (A, B_)
     if mean is None:
-        mean = column_mean(A_s, None if symmetric else B_s, xp=xp, eager=eager)
+        mean = column_mean(A_s, None if symmetric else B_s, xp=xp, eager=eager, finite=clean)
     else:
         mean = mean * scale
-    # Non-finite rows become the centre: finite arithmetic in the expansion, no warnings.
-    A_f = xp.where(good_a[:, None], A_s, mean)
-    B_f = A_f if symmetric else xp.where(good_b[:, None], B_s, mean)
+    if clean:
+        A_f, B_f = A_s, B_s
+    else:  # non-finite rows become the centre: finite arithmetic in the expansion, no warnings
+        A_f = xp.where(good_a[:, None], A_s, mean)
+        B_f = A_f if symmetric else xp.where(good_b[:, None], B_s, mean)
     A_aug, B_aug, ra, rb = operands(A_f, B_f, mean, xp=xp)
     tau = refine_threshold(A_aug.dtype, A.shape[1], xp=xp)
     if not symmetric:
@@ -359,15 +367,19 @@ def pairwise_sqdist(
         ra = unscale_squares(ra, big, undo, xp=xp)
         rb = ra if symmetric else unscale_squares(rb, big, undo, xp=xp)
     # The refinement recomputes from the caller's values (finite rows only: the others are reset below).
-    A_r = xp.where(good_a[:, None], A, 0.0)
-    B_r = A_r if symmetric else xp.where(good_b[:, None], B_, 0.0)
+    if clean:
+        A_r, B_r = A, B_
+    else:
+        A_r = xp.where(good_a[:, None], A, 0.0)
+        B_r = A_r if symmetric else xp.where(good_b[:, None], B_, 0.0)
     if symmetric:
         # The diagonal is exactly zero by definition: keep it out of the refinement (it would make every
         # row look suspicious) and write it afterwards.
         D = refine(set_diagonal(D, xp.inf, xp=xp), A_r, A_r, ra, ra, tau=tau, xp=xp)
     else:
         D = refine(D, A_r, B_r, ra, rb, tau=tau, xp=xp)
-    D = set_nonfinite(D, A, B_, ~good_a, ~good_b, xp=xp)
+    if not clean:
+        D = set_nonfinite(D, A, B_, ~good_a, ~good_b, xp=xp)
     return set_diagonal(D, 0.0, xp=xp) if symmetric else D
 
 

@@ -149,7 +149,7 @@ def _stack_rows(parts: list[Any], *, xp: Any) -> Any:
 # Bound of the centred expansion against the exact distance (README, "Accuracy of the distances"):
 # |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 + |x - mean|^2).
 EXPANSION_BOUND = 8.0
-FIRST_TILE_COLUMNS = 1024
+FIRST_TILE_COLUMNS = 4096
 
 
 def knn_pruned(
