@@ -197,3 +197,31 @@ def test_knn_dtype_follows_type_promotion(backend: Backend):
     Qb = backend.asarray(Q)
     dist, _ = backend.call(softdist.knn, Qb, backend.asarray(X), k=1)
     assert dist.dtype == backend.dtype("float64")
+
+
+def test_same_bits_with_jax_x64_disabled(tmp_path):
+    """JAX's default (no float64): float32 work stays in float32 and gives NumPy's bits."""
+    pytest.importorskip("jax")
+    import subprocess
+    import sys
+
+    script = tmp_path / "x64_off.py"
+    script.write_text(
+        "import jax, numpy as np, softdist\n"
+        "assert not jax.config.jax_enable_x64\n"
+        "Q = np.array([[4.7, 3.2, 1.3, 0.2]], np.float32)\n"
+        "X = np.array([[4.6, 3.4, 1.4, 0.3], [4.8, 3.0, 1.4, 0.1], [4.8, 3.0, 1.4, 0.3]], np.float32)\n"
+        "for f in (softdist.knn, jax.jit(softdist.knn, static_argnames='k')):\n"
+        "    d, i = f(jax.numpy.asarray(Q), jax.numpy.asarray(X), k=3)\n"
+        "    print(np.asarray(d).tobytes().hex(), np.asarray(i).tolist())\n"
+        "d, i = softdist.knn(jax.numpy.asarray(np.array([[0.], [np.nan], [1.], [3e19]], np.float32)), k=2)\n"
+        "print(np.asarray(d).tolist(), np.asarray(i).tolist())\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, check=True)
+    lines = out.stdout.splitlines()
+    Q = np.array([[4.7, 3.2, 1.3, 0.2]], np.float32)
+    X = np.array([[4.6, 3.4, 1.4, 0.3], [4.8, 3.0, 1.4, 0.1], [4.8, 3.0, 1.4, 0.3]], np.float32)
+    d, i = softdist.knn(Q, X, k=3)
+    assert lines[0] == lines[1] == f"{d.tobytes().hex()} {i.tolist()}"
+    assert lines[2] == "[[1.0, inf], [nan, nan], [1.0, inf], [inf, inf]] [[2, 3], [0, 2], [0, 3], [0, 2]]"
