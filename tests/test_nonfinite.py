@@ -225,3 +225,46 @@ def test_same_bits_with_jax_x64_disabled(tmp_path):
     d, i = softdist.knn(Q, X, k=3)
     assert lines[0] == lines[1] == f"{d.tobytes().hex()} {i.tolist()}"
     assert lines[2] == "[[1.0, inf], [nan, nan], [1.0, inf], [inf, inf]] [[2, 3], [0, 2], [0, 3], [0, 2]]"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pair_distances_are_correctly_rounded_hypothesis(dtype):
+    """Any floats, NaN, inf and extremes included: knn's and the refinement's pair routine gives the
+    direct-difference rule with finite values correctly rounded, except within 2**-40 (float32) /
+    2**-96 (float64) of a rounding boundary (checked on NumPy; every backend runs the same operations,
+    which the cross-backend tests above compare bit for bit)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    import array_api_compat.numpy as xnp
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+
+    from softdist._agnostic.distances import exact_sqdist_rows
+
+    width = 32 if dtype == "float32" else 64
+    rows = hnp.arrays(dtype, st.tuples(st.integers(1, 4), st.integers(1, 6)), elements=st.floats(width=width))
+
+    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.given(rows, st.data())
+    def check(a, data):
+        b = data.draw(hnp.arrays(dtype, a.shape, elements=st.floats(width=width)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = exact_sqdist_rows(a, b, xp=xnp)
+        want = np.array([_exact_sqdist(a[i : i + 1], b[i : i + 1])[0, 0] for i in range(a.shape[0])])
+        hypothesis.note(f"a={[float(x).hex() for x in a.ravel()]} b={[float(x).hex() for x in b.ravel()]}")
+        for i in np.flatnonzero(~((got == want) | (np.isnan(got) & np.isnan(want)))):
+            # Double-float sums carry 2p bits: an exact value that close to a rounding boundary (the
+            # midpoint of the two neighbours) may round either way. Anything else is a failure.
+            exact = sum((fractions.Fraction(float(x)) - fractions.Fraction(float(y))) ** 2
+                        for x, y in zip(a[i], b[i], strict=True))  # fmt: skip
+            assert (
+                np.isfinite(got[i])
+                and np.isfinite(want[i])
+                and abs(np.spacing(want[i])) >= abs(got[i] - want[i])
+            )
+            midpoint = (fractions.Fraction(float(got[i])) + fractions.Fraction(float(want[i]))) / 2
+            assert abs(exact - midpoint) <= exact * fractions.Fraction(
+                1, 2 ** (40 if dtype == "float32" else 96)
+            )
+
+    check()

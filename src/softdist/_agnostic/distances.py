@@ -114,7 +114,9 @@ def exact_sqdist_rows(
     a: Any, b: Any, *, xp: Any, finite: bool = False, in_range: bool = False, eager: bool = False
 ) -> Any:
     """``sum((a - b)**2, axis=1)`` for (P, d) row pairs, as the exact value of the given floats rounded
-    once (to within a relative 2**-100 or so), in a fixed order: the same bits on every backend.
+    once, in a fixed order: the same bits on every backend. (The sum carries twice the working
+    precision: an exact value within about 2**-44 (float32) / 2**-98 (float64) relative of a rounding
+    boundary may round to the other neighbour.)
 
     Each difference is split exactly (TwoSum) into hi + lo, its square exactly into two floats (Dekker),
     and the d terms are added in double-float precision by a fixed pairwise tree; the result is the
