@@ -11,6 +11,7 @@ from typing import Any
 from ._agnostic import softmax as _generic
 from ._lib import _backends
 from ._lib._compat import device, is_dask_namespace, is_jax_namespace, is_numpy_namespace, is_torch_namespace
+from ._lib._scalars import compare, widened_labels
 from ._lib._validation import (
     check_matrix,
     check_vector,
@@ -56,6 +57,9 @@ def _check_targets(labels: Any, n: Any, n_classes: Any, ignore_index: Any, xp: A
         )
     if not xp.isdtype(labels.dtype, ("integral", "real floating")):
         raise TypeError(f"labels must be integer class indices; got dtype {labels.dtype}")
+    if is_torch_namespace(xp) and labels.dtype == xp.uint64:  # no lossless widening, no torch comparisons
+        raise TypeError("labels of dtype torch.uint64 are not supported (torch cannot compare them); "
+                        "convert them to torch.int64")  # fmt: skip
     return False
 
 
@@ -72,11 +76,11 @@ def _values_are_concrete(xp: Any, *arrays: Any) -> bool:
 def _check_label_values(labels: Any, n_classes: int, ignore_index: int | None, xp: Any) -> bool:
     """Raise on labels that are not class indices; False when the values cannot be read (inside a JAX
     trace, even of constants), True when they were checked. One reduction and one host read."""
-    bad = (labels < 0) | (labels >= n_classes)
+    bad = (labels < 0) | compare(labels, ">=", n_classes, xp=xp)
     if xp.isdtype(labels.dtype, "real floating"):
         bad = bad | (labels != xp.floor(labels))  # NaN too
     if ignore_index is not None:
-        bad = bad & (labels != ignore_index)
+        bad = bad & compare(labels, "!=", ignore_index, xp=xp)
     any_bad = xp.any(bad)
     if is_jax_namespace(xp) and _backends.is_jax_tracer(any_bad):
         return False
@@ -225,6 +229,7 @@ def _logits_loss(
     xp = namespace_of({"logits": logits, "labels": labels, "sample_weight": sw, "class_weight": cw}, xp)
     check_matrix("logits", logits, what="(n_samples, n_classes)")
     n, n_classes = logits.shape
+    labels = widened_labels(labels, xp) if labels.ndim == 1 else labels
     plan = _plan({"logits": logits}, labels, n=n, n_classes=n_classes, xp=xp, **options)
     if n == 0:  # nothing to reduce over (Dask cannot even build the graph of a max over 0 rows)
         G = xp.zeros(logits.shape, dtype=plan.dtype, device=device(logits))
@@ -374,6 +379,7 @@ def softmax_loss(
         not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+    y = widened_labels(y, xp) if y.ndim == 1 else y
     plan = _plan(named, y, n=n, n_classes=n_classes, xp=xp, **options)
     has_reg = not (isinstance(reg, numbers.Real) and reg == 0)
     rows = max(1, min(chunk_size or n, n))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .._lib._compat import default_dtype, device
+from .._lib._scalars import compare
 
 Scatter = Callable[..., Any]
 
@@ -73,12 +74,13 @@ def index_row_terms(
     public functions raise before getting here (``checked``), so this happens under jax.jit and Dask.
     """
     index_dtype = default_dtype(xp, "integral", device=device(labels))
-    ignored = None if ignore_index is None else labels == ignore_index
+    # compare(): ignore_index and n_classes may not fit the labels' dtype (uint8 labels, ignore_index -100)
+    ignored = None if ignore_index is None else compare(labels, "==", ignore_index, xp=xp)
     if checked and ignored is None:  # every label is a class index: no masks needed
         valid = counted = None
         safe = xp.astype(labels, index_dtype, copy=False)
     else:
-        valid = (labels >= 0) & (labels < n_classes)
+        valid = (labels >= 0) & compare(labels, "<", n_classes, xp=xp)
         if xp.isdtype(labels.dtype, "real floating"):
             valid = valid & (labels == xp.floor(labels))
         if ignored is not None:
