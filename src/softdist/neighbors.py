@@ -10,7 +10,14 @@ from ._agnostic import distances as _distances
 from ._agnostic import neighbors as _generic
 from ._lib import _backends
 from ._lib._compat import default_dtype, device, is_dask_namespace, is_jax_namespace, is_numpy_namespace
-from ._lib._validation import check_matrix, check_same_features, float_dtype_of, namespace_of, working_dtype
+from ._lib._validation import (
+    check_known_shapes,
+    check_matrix,
+    check_same_features,
+    float_dtype_of,
+    namespace_of,
+    working_dtype,
+)
 from .distances import _sqdist
 
 __all__ = ["knn"]
@@ -73,7 +80,10 @@ def knn(
         ties go to the lower index, identically on every backend; NaN distances sort last.
     """
     xp = namespace_of({"Q": Q, "X": X}, xp)
+    check_known_shapes({"Q": Q, "X": X})  # k against the row count, row offsets of every block
     check_matrix("Q", Q)
+    if exclude_self is not None and not isinstance(exclude_self, bool):
+        raise TypeError(f"exclude_self must be True, False or None; got {exclude_self!r}")
     if X is not None:
         check_matrix("X", X)
         check_same_features("Q", Q, "X", X)
@@ -85,7 +95,9 @@ def knn(
     nq, m = Q.shape[0], X_.shape[0]
     _check_k(k, m - int(exclude), exclude)
     if working_memory is not None and (
-        not isinstance(working_memory, numbers.Integral) or working_memory < 1
+        not isinstance(working_memory, numbers.Integral)
+        or isinstance(working_memory, bool)
+        or working_memory < 1
     ):
         raise ValueError(f"working_memory must be a positive number of bytes; got {working_memory!r}")
     dtype = float_dtype_of({"Q": Q, "X": X}, xp)

@@ -10,9 +10,17 @@ from typing import Any
 
 from ._agnostic import softmax as _generic
 from ._lib import _backends
-from ._lib._compat import device, is_dask_namespace, is_jax_namespace, is_numpy_namespace, is_torch_namespace
+from ._lib._compat import (
+    device,
+    is_array_api_obj,
+    is_dask_namespace,
+    is_jax_namespace,
+    is_numpy_namespace,
+    is_torch_namespace,
+)
 from ._lib._scalars import compare, widened_labels
 from ._lib._validation import (
+    check_known_shapes,
     check_matrix,
     check_vector,
     float_dtype_of,
@@ -206,6 +214,9 @@ def _linear_core(
         softcap=None, chunk_rows=chunk_rows, xp=xp,
     )  # fmt: skip
     dW = xp.matrix_transpose(dW)
+    if has_reg and not isinstance(reg, numbers.Real):  # a 0-D array; unreadable bad values give NaN
+        reg = xp.astype(reg, plan.work)
+        reg = xp.where((reg >= 0) & (reg < xp.inf), reg, xp.nan)
     if has_reg:
         Ww = xp.astype(W, plan.work, copy=False)
         if plan.reduction != "none":
@@ -226,7 +237,9 @@ def _logits_loss(
     logits: Any, labels: Any, options: dict[str, Any], xp: Any, *, want_grad: bool
 ) -> tuple[Any, Any | None]:
     sw, cw = options["sample_weight"], options["class_weight"]
-    xp = namespace_of({"logits": logits, "labels": labels, "sample_weight": sw, "class_weight": cw}, xp)
+    named = {"logits": logits, "labels": labels, "sample_weight": sw, "class_weight": cw}
+    xp = namespace_of(named, xp)
+    check_known_shapes(named)
     check_matrix("logits", logits, what="(n_samples, n_classes)")
     n, n_classes = logits.shape
     labels = widened_labels(labels, xp) if labels.ndim == 1 else labels
@@ -310,12 +323,22 @@ def softmax_cross_entropy_and_grad(
     return _logits_loss(logits, labels, options, xp, want_grad=True)  # type: ignore[return-value]
 
 
-def _check_reg(reg: Any) -> None:
+def _check_reg(reg: Any, xp: Any) -> None:
+    """A finite number >= 0, or a 0-D real array of the inputs' library and device (namespace_of checked
+    that) whose value is checked where it can be read; under jax.jit and Dask a bad value gives NaN."""
     if isinstance(reg, numbers.Real) and not isinstance(reg, bool):
         if not reg >= 0 or reg == float("inf"):
             raise ValueError(f"reg must be a finite number >= 0; got {reg!r}")
-    elif getattr(reg, "ndim", None) != 0:
+        return
+    if not is_array_api_obj(reg):
         raise TypeError(f"reg must be a number (or a 0-D array); got {type(reg).__name__}")
+    if reg.ndim != 0:
+        raise ValueError(f"reg must be a number or a 0-D array; got an array of shape {tuple(reg.shape)}")
+    if not xp.isdtype(reg.dtype, ("real floating", "integral")):
+        raise TypeError(f"reg must be real; got an array of dtype {reg.dtype}")
+    concrete = _values_are_concrete(xp, reg) and not (is_jax_namespace(xp) and _backends.is_jax_tracer(reg))
+    if concrete and not bool((reg >= 0) & (reg < xp.inf)):  # eager only: one host read of a 0-D array
+        raise ValueError(f"reg must be a finite number >= 0; got an array holding {float(reg)!r}")
 
 
 def softmax_loss(
@@ -362,7 +385,9 @@ def softmax_loss(
     """
     options = _loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
     named = {"W": W, "X": X, "b": b}
-    xp = namespace_of(named | {"y": y, "sample_weight": sample_weight, "class_weight": class_weight}, xp)
+    others = {"y": y, "sample_weight": sample_weight, "class_weight": class_weight}
+    xp = namespace_of(named | others | {"reg": reg if is_array_api_obj(reg) else None}, xp)
+    check_known_shapes(named | others)
     check_matrix("W", W, what="(n_features, n_classes)")
     check_matrix("X", X, what="(n_samples, n_features)")
     n, n_features = X.shape
@@ -374,7 +399,7 @@ def softmax_loss(
         )
     if b is not None:
         check_vector("b", b, n_classes, "(one bias per class, C = W.shape[1])")
-    _check_reg(reg)
+    _check_reg(reg, xp)
     if chunk_size is not None and (
         not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool) or chunk_size < 1
     ):

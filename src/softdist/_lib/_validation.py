@@ -17,11 +17,47 @@ def _library_name(x: Any) -> str:
     return "jax" if name == "jaxlib" else name  # concrete JAX arrays live in jaxlib, tracers in jax
 
 
+def _unusable(x: Any) -> str | None:
+    """Why the data of an array cannot be computed on as a dense array, or None (metadata only)."""
+    library = _library_name(x)
+    if library == "torch":
+        if getattr(x, "is_nested", False):
+            return "a nested torch tensor; pass a dense tensor (e.g. torch.nested.to_padded_tensor)"
+        if str(x.layout) != "torch.strided":
+            return f"a sparse torch tensor (layout {x.layout}); pass a dense one (x.to_dense())"
+        if x.device.type == "meta":
+            return "a torch meta tensor, which holds no data; pass a tensor on a real device"
+    if library == "numpy" and getattr(x, "mask", None) is not None:
+        # np.ma.MaskedArray: every computation here would silently drop the mask.
+        return "a NumPy masked array (the mask would be ignored); pass x.filled(value) or the kept rows"
+    if library == "dask" and getattr(getattr(x, "_meta", None), "mask", None) is not None:
+        return "a Dask array of masked chunks (the mask would be ignored); fill it first"
+    return None
+
+
+def _namespace_library(xp: Any) -> str | None:
+    """The library an array namespace computes with: 'numpy' for both numpy and array_api_compat.numpy."""
+    name = getattr(xp, "__name__", None)
+    if not isinstance(name, str):
+        return None
+    name = name.removeprefix("array_api_compat.")
+    return name.split(".")[0]
+
+
+def _device_key(x: Any, dev: Any) -> Any:
+    # A JAX array sharded over several devices reports its sharding as its device; two arrays on the same
+    # devices with different layouts (rows split, labels split) are on the same devices.
+    devices = getattr(x, "devices", None)
+    return frozenset(devices()) if callable(devices) else dev
+
+
 def namespace_of(named_arrays: dict[str, Any], xp: Any = None) -> Any:
     """The array namespace shared by every non-None array in ``named_arrays``.
 
-    Raises a TypeError naming the argument when one is not an array, and when two come from different
-    libraries; a ValueError when two live on different devices.
+    Raises a TypeError naming the argument when one is not an array, when two come from different
+    libraries and when ``xp`` is not their namespace; a ValueError when one holds no computable dense
+    data (torch meta, sparse or nested tensors, NumPy masked arrays) and when two live on different
+    devices.
     """
     present = {name: x for name, x in named_arrays.items() if x is not None}
     for name, x in present.items():
@@ -30,19 +66,30 @@ def namespace_of(named_arrays: dict[str, Any], xp: Any = None) -> Any:
                 f"{name} must be an array (NumPy, PyTorch, JAX, CuPy, Dask or any array API "
                 f"library); got {type(x).__module__}.{type(x).__qualname__}"
             )
+        if (why := _unusable(x)) is not None:
+            raise ValueError(f"{name} must be a dense array with data; got {why}")
     libraries = {name: _library_name(x) for name, x in present.items()}
     if len(set(libraries.values())) > 1:
         got = ", ".join(f"{name} from {lib}" for name, lib in libraries.items())
         raise TypeError(f"all arrays must come from one array library; got {got}")
-    if xp is None:
-        xp = array_namespace(*present.values())
+    inferred = array_namespace(*present.values())
+    if xp is not None and _namespace_library(xp) != _namespace_library(inferred):
+        first = next(iter(present))
+        raise TypeError(
+            f"xp must be the namespace of the arrays ({inferred.__name__} for {first} from "
+            f"{libraries[first]}) or None; got {getattr(xp, '__name__', repr(xp))}"
+        )
+    # xp names the arrays' library; computing goes through its standard-conforming namespace (`torch`
+    # itself, for one, lacks parts of the standard that array_api_compat.torch provides).
+    xp = inferred
     # A device of None (a JAX tracer) is unknown, not different.
     devices = {name: dev for name, x in present.items() if (dev := device(x)) is not None}
     if not devices:
         return xp
     first_name, first_device = next(iter(devices.items()))
+    first_key = _device_key(present[first_name], first_device)
     for name, dev in devices.items():
-        if dev != first_device:
+        if _device_key(present[name], dev) != first_key:
             raise ValueError(
                 f"all arrays must be on one device; {first_name} is on {first_device!r} "
                 f"but {name} is on {dev!r}"
@@ -52,6 +99,17 @@ def namespace_of(named_arrays: dict[str, Any], xp: Any = None) -> Any:
 
 def _is_known(n: Any) -> bool:
     return n is not None and not (isinstance(n, float) and math.isnan(n))
+
+
+def check_known_shapes(named_arrays: dict[str, Any]) -> None:
+    """A ValueError naming the first array whose size is unknown (a Dask array after boolean indexing):
+    row offsets, class counts and block shapes need it, and finding it out would compute the array."""
+    for name, x in named_arrays.items():
+        if x is not None and not all(_is_known(s) for s in x.shape):
+            raise ValueError(
+                f"{name} has unknown chunk sizes (shape {tuple(x.shape)}), as Dask arrays do after boolean "
+                f"indexing; call {name}.compute_chunk_sizes() first (or index with known sizes)"
+            )
 
 
 def check_matrix(name: str, x: Any, *, what: str = "(n_samples, n_features)") -> None:
