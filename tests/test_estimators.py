@@ -78,3 +78,101 @@ def test_knn_needs_enough_training_points():
     knn = KNeighborsClassifier(n_neighbors=5).fit(np.zeros((3, 2)), [0, 1, 1])
     with pytest.raises(ValueError, match="n_neighbors = 5, n_samples_fit = 3"):
         knn.predict(np.zeros((1, 2)))
+
+
+# -- arrays of another library at predict time, bad y --------------------------------------------------
+FOREIGN = ["strict", "strict-device1", "torch-cpu", "jax-cpu"]
+METHODS = ["predict", "predict_proba", "predict_log_proba", "decision_function", "score"]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("make", [lambda: SoftmaxClassifier(max_iter=5), KNeighborsClassifier],
+                         ids=["softmax", "knn"])  # fmt: skip
+@pytest.mark.parametrize("fit_on", ["numpy", *FOREIGN])
+@pytest.mark.parametrize("predict_on", ["numpy", "list", *FOREIGN])
+def test_predict_with_another_library_is_scikit_learns_error(make, fit_on, predict_on):
+    from softdist.testing import backend_by_name
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 3)), np.arange(20) % 3
+    names = {fit_on, predict_on} - {"list"}
+    for name in names:
+        if (reason := backend_by_name(name).skip_reason()) is not None:
+            pytest.skip(reason)
+    fit_b = backend_by_name(fit_on)
+    est = make().fit(fit_b.asarray(X), fit_b.asarray(y))
+    Xp = X.tolist() if predict_on == "list" else backend_by_name(predict_on).asarray(X)
+    same = fit_on == predict_on or (fit_on == "numpy" and predict_on == "list")
+    for method in METHODS:
+        if not hasattr(est, method):
+            continue
+        args = (Xp, y) if method == "score" else (Xp,)
+        if same:
+            if method != "score":  # score: scikit-learn's accuracy_score on foreign arrays, not ours
+                getattr(est, method)(*args)
+            continue
+        where = "predict" if method == "score" else method
+        with pytest.raises(
+            ValueError, match=rf"{type(est).__name__}\.{where}\(\) must use the same namespace"
+        ):
+            getattr(est, method)(*args)
+
+
+def test_scikit_learns_own_same_namespace_check():
+    pytest.importorskip("array_api_strict")
+    from sklearn.utils.estimator_checks import check_array_api_same_namespace
+
+    for est in (SoftmaxClassifier(max_iter=5), KNeighborsClassifier()):
+        with _no_warning_filter():
+            check_array_api_same_namespace(type(est).__name__, est, "array_api_strict")
+
+
+def _no_warning_filter():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def ctx():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            yield
+
+    return ctx()
+
+
+def test_fit_with_y_from_another_library_names_y():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="one array library; got X from torch, y from numpy"):
+        KNeighborsClassifier().fit(torch.zeros(4, 2), np.array([0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize("backend_name", FOREIGN)
+def test_continuous_y_is_unknown_label_type_everywhere(backend_name):
+    from softdist.testing import backend_by_name
+
+    b = backend_by_name(backend_name)
+    if (reason := b.skip_reason()) is not None:
+        pytest.skip(reason)
+    X, y = np.zeros((4, 2)), np.array([0.5, 1.0, 0.25, 2.0])
+    for make in (SoftmaxClassifier, KNeighborsClassifier):
+        with pytest.raises(ValueError, match="Unknown label type: continuous"):
+            make().fit(X, y)  # NumPy: scikit-learn's own message
+        with pytest.raises(ValueError, match="Unknown label type: continuous"):
+            make().fit(b.asarray(X), b.asarray(y))
+    with pytest.raises(ValueError, match="y contains NaN"):
+        KNeighborsClassifier().fit(b.asarray(X), b.asarray(np.array([0.0, np.nan, 1.0, 1.0])))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "int8", "int16", "float32"])
+def test_narrow_label_dtypes_on_torch(dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((30, 3)), (np.arange(30) % 3 + 250 if dtype != "int8" else np.arange(30) % 3)
+    y = y.astype(dtype)
+    X[y == y[1]] += 3
+    for make in (lambda: SoftmaxClassifier(random_state=0, max_iter=20), KNeighborsClassifier):
+        want = make().fit(X, y).predict(X)
+        got = make().fit(torch.asarray(X), torch.asarray(y)).predict(torch.asarray(X))
+        assert got.dtype == torch.asarray(y).dtype
+        np.testing.assert_array_equal(got.to(torch.float64).numpy(), want.astype(np.float64))

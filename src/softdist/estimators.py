@@ -21,7 +21,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._lib._compat import array_namespace, device, is_array_api_obj, is_numpy_namespace
-from ._lib._validation import check_matrix, float_dtype_of
+from ._lib._scalars import widened_labels
+from ._lib._validation import check_matrix, float_dtype_of, namespace_of
 from .neighbors import knn
 from .softmax import softmax_loss
 
@@ -33,34 +34,63 @@ def _is_foreign_array(x: Any) -> bool:
     return is_array_api_obj(x) and not is_numpy_namespace(array_namespace(x))
 
 
+def _library_of(X: Any) -> tuple[Any, Any]:
+    """The namespace and device ``X`` is computed in: NumPy (on the CPU) for NumPy arrays and
+    array-likes (lists, pandas), else the array's own."""
+    if _is_foreign_array(X):
+        return array_namespace(X), device(X)
+    return None, None
+
+
 class _ArrayAPIClassifier(ClassifierMixin, BaseEstimator):
     """Input validation and label encoding shared by the estimators, for NumPy and foreign arrays."""
 
     def _fit_inputs(self, X: Any, y: Any) -> tuple[Any, Any, Any]:
         """(X as floats, y as class indices, xp); sets n_features_in_ and classes_."""
         if _is_foreign_array(X):
-            xp = array_namespace(X, y)
-            X = self._foreign_X(X, xp, reset=True)
             if y is None:
                 raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
+            xp = namespace_of({"X": X, "y": y})  # y from another library: a TypeError naming y
+            X = self._foreign_X(X, xp, reset=True)
             if y.ndim != 1 or y.shape[0] != X.shape[0]:
                 raise ValueError(f"y must have shape ({X.shape[0]},); got {tuple(y.shape)}")
-            self.classes_, y_idx = xp.unique_inverse(y)
+            self.classes_, y_idx = _encode_foreign_labels(y, xp)
+            self._fitted_on = _library_of(X)
             return X, y_idx, xp
         X, y = validate_data(self, X, y, dtype=["float64", "float32"])
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
+        self._fitted_on = _library_of(X)
         xp = array_namespace(X)
         return X, xp.asarray(encoder.transform(y)), xp
 
-    def _predict_inputs(self, X: Any) -> tuple[Any, Any]:
+    def _predict_inputs(self, X: Any, method: str) -> tuple[Any, Any]:
         check_is_fitted(self)
+        self._check_same_library(X, method)
         if _is_foreign_array(X):
             xp = array_namespace(X)
             return self._foreign_X(X, xp, reset=False), xp
         X = validate_data(self, X, dtype=["float64", "float32"], reset=False)
         return X, array_namespace(X)
+
+    def _check_same_library(self, X: Any, method: str) -> None:
+        """scikit-learn's rule for array API estimators (``check_same_namespace``): a method gets arrays
+        of the library and device that fit() got, else a ValueError saying so."""
+        (fit_xp, fit_device), (xp, dev) = self._fitted_on, _library_of(X)
+        if fit_xp is xp and fit_device == dev:
+            return
+        name = "numpy (array-like)" if xp is None else xp.__name__
+        fit_name = "numpy (array-like)" if fit_xp is None else fit_xp.__name__
+        differ = (
+            f"Array namespaces used during fit ({fit_name}) and {method} ({name}) differ."
+            if fit_xp is not xp
+            else f"Devices used during fit ({fit_device}) and {method} ({dev}) differ."
+        )
+        raise ValueError(
+            f"Inputs passed to {type(self).__name__}.{method}() must use the same namespace and the same "
+            f"device as those passed to fit(). {differ} Convert X, or fit the estimator on X's library."
+        )
 
     def _foreign_X(self, X: Any, xp: Any, *, reset: bool) -> Any:
         check_matrix("X", X)
@@ -79,13 +109,39 @@ class _ArrayAPIClassifier(ClassifierMixin, BaseEstimator):
     def _take_classes(self, indices: Any, xp: Any) -> Any:
         if is_numpy_namespace(xp):
             return self.classes_[indices]
-        return xp.take(self.classes_, indices, axis=0)
+        # torch has no take for uint16/32/64: take from the widened classes, then back to their dtype
+        taken = xp.take(widened_labels(self.classes_, xp), indices, axis=0)
+        return xp.astype(taken, self.classes_.dtype, copy=False)
 
     def predict(self, X: Any) -> Any:
         """The most probable class of each row, in the type of ``classes_``."""
-        proba = self.predict_proba(X)
-        xp = array_namespace(proba)
-        return self._take_classes(xp.argmax(proba, axis=1), xp)
+        X, xp = self._predict_inputs(X, "predict")
+        return self._take_classes(xp.argmax(self._proba(X, xp), axis=1), xp)
+
+    def predict_proba(self, X: Any) -> Any:
+        X, xp = self._predict_inputs(X, "predict_proba")
+        return self._proba(X, xp)
+
+    def _proba(self, X: Any, xp: Any) -> Any:
+        raise NotImplementedError
+
+
+def _encode_foreign_labels(y: Any, xp: Any) -> tuple[Any, Any]:
+    """(classes_, y as class indices) for labels of another array library, with scikit-learn's rules:
+    floating labels must be integral (else "Unknown label type: continuous"), finite."""
+    if xp.isdtype(y.dtype, "real floating"):
+        if not bool(xp.all(xp.isfinite(y))):  # eager validation: one host read
+            raise ValueError("Input y contains NaN or infinity.")
+        if not bool(xp.all(y == xp.floor(y))):
+            raise ValueError(
+                "Unknown label type: continuous. Maybe you are trying to fit a classifier, which expects "
+                "discrete classes on a regression target with continuous values."
+            )
+    elif not xp.isdtype(y.dtype, ("integral", "bool")):
+        raise ValueError(f"Unknown label type: y has dtype {y.dtype}; expected integer or integral labels")
+    # torch has no unique for uint16/32/64: encode the widened labels, keep classes_ in y's dtype
+    classes, y_idx = xp.unique_inverse(widened_labels(y, xp))
+    return xp.astype(classes, y.dtype, copy=False), y_idx
 
 
 class SoftmaxClassifier(_ArrayAPIClassifier):
@@ -203,19 +259,18 @@ class SoftmaxClassifier(_ArrayAPIClassifier):
     def decision_function(self, X: Any) -> Any:
         """Class scores ``X @ coef_.T + intercept_``; for two classes, the score of the second class
         minus the first's (shape (n,)), as scikit-learn's linear classifiers."""
-        X, xp = self._predict_inputs(X)
+        X, xp = self._predict_inputs(X, "decision_function")
         scores = X @ xp.matrix_transpose(self.coef_) + self.intercept_
         return scores[:, 1] - scores[:, 0] if self.classes_.shape[0] == 2 else scores
 
-    def predict_proba(self, X: Any) -> Any:
-        X, xp = self._predict_inputs(X)
+    def _proba(self, X: Any, xp: Any) -> Any:
         scores = X @ xp.matrix_transpose(self.coef_) + self.intercept_
         e = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
         return e / xp.sum(e, axis=1, keepdims=True)
 
     def predict_log_proba(self, X: Any) -> Any:
-        proba = self.predict_proba(X)
-        return array_namespace(proba).log(proba)
+        X, xp = self._predict_inputs(X, "predict_log_proba")
+        return xp.log(self._proba(X, xp))
 
 
 class KNeighborsClassifier(_ArrayAPIClassifier):
@@ -250,8 +305,7 @@ class KNeighborsClassifier(_ArrayAPIClassifier):
         self._fit_X, self._fit_y, _ = self._fit_inputs(X, y)
         return self
 
-    def predict_proba(self, X: Any) -> Any:
-        X, xp = self._predict_inputs(X)
+    def _proba(self, X: Any, xp: Any) -> Any:
         n_fit, k, c = self._fit_X.shape[0], self.n_neighbors, self.classes_.shape[0]
         if k > n_fit:
             raise ValueError(
