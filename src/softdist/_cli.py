@@ -96,18 +96,25 @@ INSTALL_HINT = {
 }
 
 
-def _bench_backends(
+def _device_class(backend: Backend, device: str) -> bool:
+    """Whether ``backend`` runs on the `--device` choice: gpu and cuda both mean a CUDA device; demo's
+    device1 is array-api-strict's second device."""
+    if device in ("cuda", "gpu"):
+        return backend.needs_gpu
+    if device == "device1":
+        return backend.device_kind == "device1"
+    return not backend.needs_gpu
+
+
+def chosen_backends(
     parser: argparse.ArgumentParser, names: list[str] | None, devices: list[str] | None
 ) -> tuple[list[Backend], list[str]]:
-    """The backends `softdist bench` runs, and skip lines for the ones it leaves out. A backend or device
-    the user named that cannot run here is an error that says what to install or choose."""
-    from ._bench import device_of
-
-    wanted_gpu = {"cuda" if d == "gpu" else d for d in devices or []}
+    """The backends a command runs, and skip lines for the ones it leaves out. A backend or device the
+    user named that cannot run here is a one-line error (exit 2) that says what to install or choose."""
     chosen = [
         b
         for b in BACKENDS
-        if (not names or b.name in names) and (not wanted_gpu or device_of(b) in wanted_gpu)
+        if (not names or b.name in names) and (not devices or any(_device_class(b, d) for d in devices))
     ]
     runnable, skipped = [], []
     for b in chosen:
@@ -120,12 +127,25 @@ def _bench_backends(
             parser.error(f"backend {reason}; {hint}")
         else:
             skipped.append(reason)
-    if "cuda" in wanted_gpu and not any(b.needs_gpu for b in runnable):
-        parser.error("--device cuda: no CUDA device is visible to cupy, torch or jax here; run on a GPU "
-                     "machine or choose --device cpu")  # fmt: skip
+    wanted_gpu = [d for d in devices or [] if d in ("cuda", "gpu")]
+    if wanted_gpu and not any(b.needs_gpu for b in runnable):
+        parser.error(f"--device {wanted_gpu[0]}: no CUDA device is visible to cupy, torch or jax here; "
+                     "run on a GPU machine or choose --device cpu")  # fmt: skip
     if not runnable:
         parser.error("no backend left to run; choose from " + ", ".join(b.name for b in BACKENDS))
     return runnable, skipped
+
+
+def _writable_folder(parser: argparse.ArgumentParser, out: Path) -> None:
+    """`bench --out`: create the folder and try a file in it before running anything."""
+    probe = out / ".softdist-bench-write-test"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        parser.error(f"--out {out}: cannot write there ({exc.strerror or type(exc).__name__}); choose "
+                     "another folder")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from ._demo import demo
 
-        return demo(args.backend, args.device, dtypes, args.quick)
+        return demo(*chosen_backends(demo_p, args.backend, args.device), dtypes, args.quick)
     if args.command == "bench":
         return _run_bench(bench_p, args, dtypes)
-    return check(args.backend, dtypes)
+    return check(*chosen_backends(check_p, args.backend, None), dtypes)
 
 
 def _bench_options(bench_p: argparse.ArgumentParser) -> None:
@@ -191,7 +211,8 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace, dtypes
     from ._bench import bench
     from ._bench._cases import CASES
 
-    backends, skipped = _bench_backends(parser, args.backend, args.device)
+    backends, skipped = chosen_backends(parser, args.backend, args.device)
+    _writable_folder(parser, args.out)
     plots = not args.no_plots
     if plots and not _has_matplotlib():
         skipped.append("plots: matplotlib is not installed (pip install 'softdist[bench]')")
@@ -202,21 +223,15 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace, dtypes
     return bench(args.case or list(CASES), backends, dtypes, args.quick, args.out, plots)
 
 
-def check(backends: list[str] | None, dtypes: list[str]) -> int:
-    chosen = [b for b in BACKENDS if not backends or b.name in backends]
-
+def check(backends: list[Backend], skipped: list[str], dtypes: list[str]) -> int:
     data = _data()
     for name, (_, _, what) in CHECKS.items():
         print(f"{name}: {what}")
     print(
         f"{'function':<16} {'backend':<16} {'dtype':<8} {'max rel err':>12} {'seconds':>8}  agrees with NumPy"
     )
-    failures, skipped = 0, []
-    for backend in chosen:
-        reason = backend.skip_reason()
-        if reason:
-            skipped.append(reason)
-            continue
+    failures = 0
+    for backend in backends:
         for name, (check, rtol, _) in CHECKS.items():
             for dtype in dtypes:
                 rel, seconds = check(backend, dtype, data)

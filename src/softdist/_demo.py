@@ -106,7 +106,7 @@ def _progress(done: int, total: int, label: str) -> None:
         sys.stderr.write("\n")
 
 
-def demo(backends: list[str] | None, devices: list[str] | None, dtypes: list[str], quick: bool) -> int:
+def demo(runnable: list[Backend], skipped: list[str], dtypes: list[str], quick: bool) -> int:
     try:
         data = digits_split()
     except ImportError:
@@ -115,15 +115,6 @@ def demo(backends: list[str] | None, devices: list[str] | None, dtypes: list[str
             file=sys.stderr,
         )
         return 2
-    chosen = [
-        b
-        for b in BACKENDS
-        if (not backends or b.name in backends) and (not devices or b.device_kind in devices)
-    ]
-    runnable, skipped = [], []
-    for b in chosen:
-        reason = b.skip_reason()
-        (skipped.append(reason) if reason else runnable.append(b))
     steps = 30 if quick else 100  # Dask pays ~0.1 s of graph overhead per step: the demo stays < 60 s
     jobs = [(b, dt) for b in runnable for dt in dtypes]
     numpy = next(b for b in BACKENDS if b.name == "numpy")
