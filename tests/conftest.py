@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from softdist.testing import BACKENDS, Backend, enable_jax_x64
+from softdist.testing import BACKENDS, Backend, enable_jax_x64, jax_x64_wanted
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,6 +33,11 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 @pytest.fixture(params=["float32", "float64"])
 def float_dtype(request: pytest.FixtureRequest) -> str:
+    backend = getattr(request.node, "callspec", None) and request.node.callspec.params.get("backend")
+    if request.param == "float64" and not jax_x64_wanted() and getattr(backend, "library", "") == "jax":
+        # JAX's documented default: float64 requests give float32 arrays (tests/test_jax_x64_off.py
+        # checks that behaviour); float64 accuracy cannot be asked of them.
+        pytest.skip("JAX x64 is off: float64 arrays are float32")
     return request.param
 
 

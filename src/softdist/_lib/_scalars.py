@@ -44,6 +44,10 @@ def compare(x: Any, op: str, value: int | float, *, xp: Any) -> Any:
             if float(value) != value and op in ("==", "!="):
                 return (xp.zeros_like if op == "==" else xp.ones_like)(x, dtype=xp.bool)
             value = float(value)
+        elif isinstance(value, int):
+            # As a 0-D array of x's dtype: JAX with x64 off parses a Python int as int32 (2**31 against
+            # uint32 labels overflows), however well it fits x.
+            value = xp.asarray(value, dtype=x.dtype, device=device(x))
         return _OPS[op](x, value)
     above = value > 0  # value lies above every finite element of x (else below)
     if op in ("==", "!="):

@@ -10,10 +10,12 @@ from ._backends import (
     BACKENDS,
     CPU_BACKENDS,
     GPU_BACKENDS,
+    JAX_X64_ENV,
     Backend,
     DaskComputeError,
     backend_by_name,
     enable_jax_x64,
+    jax_x64_wanted,
 )
 from ._references import (
     SQDIST_RTOL,
@@ -28,6 +30,7 @@ __all__ = [
     "BACKENDS",
     "CPU_BACKENDS",
     "GPU_BACKENDS",
+    "JAX_X64_ENV",
     "SQDIST_RTOL",
     "Backend",
     "DaskComputeError",
@@ -36,6 +39,7 @@ __all__ = [
     "backend_by_name",
     "enable_jax_x64",
     "hard_datasets",
+    "jax_x64_wanted",
     "reference_cross_entropy",
     "reference_distances",
     "reference_softmax_loss",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -168,7 +169,19 @@ def _gpu_for(backend: Backend) -> bool:
     return _cuda_available()
 
 
+# Set to "0" to run the suite with JAX's default 32-bit mode (tests/test_jax_x64_off.py does, in a
+# subprocess: x64 is process-global and must be chosen before JAX makes its first array).
+JAX_X64_ENV = "SOFTDIST_TEST_JAX_X64"
+
+
+def jax_x64_wanted() -> bool:
+    return os.environ.get(JAX_X64_ENV, "1") != "0"
+
+
 def enable_jax_x64() -> None:
+    """Turn on JAX's 64-bit mode, unless SOFTDIST_TEST_JAX_X64=0 asks for JAX's default (32-bit) mode."""
+    if not jax_x64_wanted():
+        return
     import jax
 
     jax.config.update("jax_enable_x64", True)
