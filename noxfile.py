@@ -55,7 +55,9 @@ def tests_all(session: nox.Session) -> None:
 
 @nox.session
 def tests_gpu(session: nox.Session) -> None:
-    """CuPy, torch CUDA and JAX GPU; every GPU test skips cleanly without a CUDA device."""
+    """The GPU tests (ids with cuda or gpu): CuPy, torch CUDA (PyPI's default Linux torch wheel is a CUDA
+    build), JAX GPU and JAX-jit GPU; every one skips cleanly without a CUDA device."""
+    session.install("torch", "jax[cuda12]")
     session.install("-e", ".[test,cupy]")
     _pytest(session, "-k", "cuda or gpu")
 

@@ -366,8 +366,10 @@ def softmax_loss(
         Integer and boolean features are computed in the default floating dtype.
     y : array, shape (N,) or (N, C)
         Class indices or soft targets, as for :func:`softmax_cross_entropy`.
-    reg : float
+    reg : float or 0-D array
         L2 penalty ``reg * sum(W * W)`` (the bias is never penalised); its gradient is ``2 * reg * W``.
+        A 0-D array must be of the inputs' library and device; a negative or non-finite value raises
+        ValueError eagerly and makes the loss and ``dW`` NaN under ``jax.jit`` and Dask.
     b : array, shape (C,), optional
         Bias; when given, its gradient is returned too.
     chunk_size : int, optional
