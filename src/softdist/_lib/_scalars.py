@@ -11,7 +11,7 @@ import math
 import operator
 from typing import Any
 
-from ._compat import default_dtype, device
+from ._compat import default_dtype, device, is_jax_namespace
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
         "==": operator.eq, "!=": operator.ne}  # fmt: skip
@@ -44,10 +44,11 @@ def compare(x: Any, op: str, value: int | float, *, xp: Any) -> Any:
             if float(value) != value and op in ("==", "!="):
                 return (xp.zeros_like if op == "==" else xp.ones_like)(x, dtype=xp.bool)
             value = float(value)
-        elif isinstance(value, int):
-            # As a 0-D array of x's dtype: JAX with x64 off parses a Python int as int32 (2**31 against
-            # uint32 labels overflows), however well it fits x.
-            value = xp.asarray(value, dtype=x.dtype, device=device(x))
+        elif isinstance(value, int) and is_jax_namespace(xp) and not -(2**31) <= value < 2**31:
+            # JAX with x64 off parses a Python int as int32 however well it fits x (2**31 against uint32
+            # labels overflows): pass a 0-D array of x's dtype, uncommitted (no device), so that it joins
+            # x wherever x lives, sharded over several devices too.
+            value = xp.asarray(value, dtype=x.dtype)
         return _OPS[op](x, value)
     above = value > 0  # value lies above every finite element of x (else below)
     if op in ("==", "!="):
