@@ -10,7 +10,8 @@ from typing import Any
 from . import softmax as _softmax
 from ._lib import _backends
 from ._lib._compat import device, is_dask_namespace
-from ._lib._validation import check_matrix, check_vector, namespace_of
+from ._lib._scalars import widened_labels
+from ._lib._validation import check_known_shapes, check_matrix, check_vector, namespace_of
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad"]
 
@@ -79,9 +80,9 @@ def _head(
     want_grad: bool,
 ) -> tuple[Any, ...]:  # fmt: skip
     named = {"X": X, "W": W, "bias": bias}
-    xp = namespace_of(
-        named | {"labels": labels, "sample_weight": sample_weight, "class_weight": class_weight}, xp
-    )
+    others = {"labels": labels, "sample_weight": sample_weight, "class_weight": class_weight}
+    xp = namespace_of(named | others, xp)
+    check_known_shapes(named | others)
     check_matrix("X", X, what="(n_samples, n_features)")
     check_matrix("W", W, what="(n_classes, n_features)")
     n, d = X.shape
@@ -95,6 +96,7 @@ def _head(
         check_vector("bias", bias, n_classes, "(one bias per class, C = W.shape[0])")
     _check_head_options(z_loss, softcap, chunk_size)
     options = _softmax._loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
+    labels = widened_labels(labels, xp) if labels.ndim == 1 else labels  # as softmax_loss does
     plan = _softmax._plan(named, labels, n=n, n_classes=n_classes, xp=xp, **options)
     if is_dask_namespace(xp):
         # Dask: its row blocks are the chunks (each task holds one block of logits; dW is a tree sum).
