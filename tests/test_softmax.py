@@ -438,7 +438,27 @@ class TestBadInput:
         [
             ({"labels": np.zeros(5, int)}, ValueError, r"labels must be class indices of shape \(4,\)"),
             ({"labels": np.zeros((4, 2))}, ValueError, r"soft targets .* \(4, 3\); got \(4, 2\)"),
-            ({"logits": np.zeros(4)}, ValueError, r"logits must be a 2-D array"),
+            ({"logits": np.zeros(())}, ValueError, r"logits must have at least one dimension"),
+            (
+                {"logits": np.zeros(3), "labels": np.zeros(2, int)},
+                ValueError,
+                r"labels must be class indices of shape \(\)",
+            ),
+            ({"labels": np.ones((4, 3), int)}, TypeError, "labels of the logits' shape are soft targets"),
+            ({"axis": 2}, ValueError, "axis 2 is out of range"),
+            ({"axis": 1.0}, TypeError, "axis must be an int"),
+            ({"axis": 0}, ValueError, r"labels must be class indices of shape \(3,\)"),
+            ({"logits": np.zeros((4, 3, 2))}, ValueError, r"labels must be class indices of shape \(4, 2\)"),
+            (
+                {
+                    "logits": np.zeros((4, 3, 2)),
+                    "labels": np.zeros((4, 2), int),
+                    "axis": 1,
+                    "sample_weight": np.ones(4),
+                },
+                ValueError,
+                r"sample_weight must have the logits' batch shape \(4, 2\)",
+            ),
             (
                 {"labels": np.array([True, False, True, True])},
                 TypeError,

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from . import linear as _linear
 from . import softmax as _softmax
@@ -22,7 +23,7 @@ from . import softmax as _softmax
 __all__ = ["linear_cross_entropy", "softmax_cross_entropy"]
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
 def _cross_entropy(
     logits: Any,
     labels: Any,
@@ -31,27 +32,41 @@ def _cross_entropy(
     reduction: str,
     smoothing: float,
     ignore: Any,
+    axis: int,
 ) -> Any:
     return _softmax.softmax_cross_entropy(
         logits, labels, reduction=reduction, sample_weight=sample_weight, class_weight=class_weight,
-        label_smoothing=smoothing, ignore_index=ignore,
+        label_smoothing=smoothing, ignore_index=ignore, axis=axis,
     )  # fmt: skip
 
 
-@_cross_entropy.defjvp
 def _cross_entropy_jvp(
-    reduction: str, smoothing: float, ignore: Any, primals: tuple[Any, ...], tangents: tuple[Any, ...]
+    reduction: str,
+    smoothing: float,
+    ignore: Any,
+    axis: int,
+    primals: tuple[Any, ...],
+    tangents: tuple[Any, ...],
 ) -> tuple[Any, Any]:
     logits, labels, sample_weight, class_weight = primals
-    loss, grad = _softmax.softmax_cross_entropy_and_grad(
-        logits, labels, reduction=reduction, sample_weight=sample_weight, class_weight=class_weight,
-        label_smoothing=smoothing, ignore_index=ignore,
-    )  # fmt: skip
-    # Labels and weights are constants: only the logits' tangent enters (README, "Use with JAX").
-    d_logits = tangents[0]
-    if reduction == "none":
-        return loss, jnp.sum(grad * d_logits, axis=-1)
-    return loss, jnp.sum(grad * d_logits)
+    d_logits, d_labels = tangents[:2]
+    options = {"reduction": reduction, "sample_weight": sample_weight, "class_weight": class_weight,
+               "label_smoothing": smoothing, "axis": axis}  # fmt: skip
+    loss, grad = _softmax.softmax_cross_entropy_and_grad(logits, labels, ignore_index=ignore, **options)
+    # Weights are constants (README, "Use with JAX"); symbolic zeros skip the unperturbed inputs.
+    dims = axis if reduction == "none" else None
+    tangent = jnp.zeros_like(loss)
+    if not isinstance(d_logits, SymbolicZero):
+        tangent = tangent + jnp.sum(grad * d_logits, axis=dims)
+    soft = labels.shape == logits.shape and jnp.issubdtype(labels.dtype, jnp.floating)
+    if soft and not isinstance(d_labels, SymbolicZero):  # d loss / d targets = -log_softmax, scaled
+        tangent = tangent + jnp.sum(
+            _softmax.soft_target_grad(logits, labels, **options) * d_labels, axis=dims
+        )
+    return loss, tangent
+
+
+_cross_entropy.defjvp(_cross_entropy_jvp, symbolic_zeros=True)
 
 
 def softmax_cross_entropy(
@@ -63,14 +78,17 @@ def softmax_cross_entropy(
     class_weight: Any | None = None,
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
+    axis: int = -1,
 ) -> Any:
     """:func:`softdist.softmax_cross_entropy` on JAX arrays, differentiated by its analytic gradient.
 
-    Differentiable in ``logits``; labels and weights are treated as constants (their tangents are
-    ignored). Same options and conventions as :func:`softdist.softmax_cross_entropy`.
+    Differentiable in ``logits`` and in soft targets (floating ``labels`` of the logits' shape, whose
+    gradient is ``-log_softmax(logits)`` scaled as the loss); weights are treated as constants (their
+    tangents are ignored). Any batch shape, the classes on ``axis`` (-1, as in optax). Same options and
+    conventions as :func:`softdist.softmax_cross_entropy`.
     """
     return _cross_entropy(
-        logits, labels, sample_weight, class_weight, reduction, float(label_smoothing), ignore_index
+        logits, labels, sample_weight, class_weight, reduction, float(label_smoothing), ignore_index, axis
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,8 +56,12 @@ def _check_targets(labels: Any, n: Any, n_classes: Any, ignore_index: Any, xp: A
             )
         if ignore_index is not None:
             raise ValueError("ignore_index applies to class-index labels only, not to soft targets")
-        if xp.isdtype(labels.dtype, ("bool", "complex floating")):
-            raise TypeError(f"soft targets must be real numbers; got dtype {labels.dtype}")
+        if not xp.isdtype(labels.dtype, "real floating"):  # PyTorch: "Expected floating point type"
+            raise TypeError(
+                f"labels of the logits' shape are soft targets and must be real floating-point class "
+                f"probabilities; got dtype {labels.dtype} (class indices have the logits' shape without "
+                f"the class axis)"
+            )
         return True
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(
@@ -233,14 +238,77 @@ def _loss_options(
             "label_smoothing": label_smoothing, "ignore_index": ignore_index}  # fmt: skip
 
 
+def _check_axis(axis: Any, ndim: int) -> int:
+    """The class axis as a non-negative int."""
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+        raise TypeError(f"axis must be an int; got {axis!r}")
+    if ndim == 0:
+        raise ValueError("logits must have at least one dimension (the class axis); got a 0-D array")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for logits with {ndim} dimension(s)")
+    return int(axis) % ndim
+
+
 def _logits_loss(
-    logits: Any, labels: Any, options: dict[str, Any], xp: Any, *, want_grad: bool
+    logits: Any, labels: Any, options: dict[str, Any], xp: Any, *, want_grad: bool, axis: Any = -1
 ) -> tuple[Any, Any | None]:
     sw, cw = options["sample_weight"], options["class_weight"]
     named = {"logits": logits, "labels": labels, "sample_weight": sw, "class_weight": cw}
     xp = namespace_of(named, xp)
     check_known_shapes(named)
-    check_matrix("logits", logits, what="(n_samples, n_classes)")
+    axis = _check_axis(axis, logits.ndim)
+    if logits.ndim == 2 and axis == 1:
+        return _matrix_loss(logits, labels, options, xp, want_grad=want_grad)
+    return _any_batch_loss(logits, labels, options, xp, want_grad=want_grad, axis=axis)
+
+
+def _any_batch_loss(
+    logits: Any, labels: Any, options: dict[str, Any], xp: Any, *, want_grad: bool, axis: int
+) -> tuple[Any, Any | None]:
+    """Any batch shape: the class axis moved last and the batch flattened into rows, the (N, C) loss,
+    and the results shaped back. A view where the layout allows (class axis last); Dask stays lazy."""
+    shape = tuple(logits.shape)
+    n_classes = shape[axis]
+    batch = shape[:axis] + shape[axis + 1 :]
+    order = (*range(axis), *range(axis + 1, len(shape)), axis)
+    rows = math.prod(batch)
+
+    def to_rows(x: Any) -> Any:
+        if axis != len(shape) - 1:
+            x = xp.permute_dims(x, order)
+        return xp.reshape(x, (rows, n_classes))
+
+    if tuple(labels.shape) == shape:
+        labels = to_rows(labels)
+    elif tuple(labels.shape) == batch:
+        labels = xp.reshape(labels, (rows,))
+    else:
+        raise ValueError(
+            f"labels must be class indices of shape {batch} (the logits' shape without the class axis "
+            f"{axis}) or soft targets of the logits' shape {shape}; got shape {tuple(labels.shape)}"
+        )
+    sw = options["sample_weight"]
+    if sw is not None:
+        if tuple(sw.shape) != batch:
+            raise ValueError(
+                f"sample_weight must have the logits' batch shape {batch} (one weight per row); "
+                f"got shape {tuple(sw.shape)}"
+            )
+        options = options | {"sample_weight": xp.reshape(sw, (rows,))}
+    loss, G = _matrix_loss(to_rows(logits), labels, options, xp, want_grad=want_grad)
+    if options["reduction"] == "none":
+        loss = xp.reshape(loss, batch)
+    if G is not None:
+        G = xp.reshape(G, tuple(shape[i] for i in order))
+        if axis != len(shape) - 1:
+            G = xp.permute_dims(G, tuple(order.index(i) for i in range(len(shape))))
+    return loss, G
+
+
+def _matrix_loss(
+    logits: Any, labels: Any, options: dict[str, Any], xp: Any, *, want_grad: bool
+) -> tuple[Any, Any | None]:
+    sw, cw = options["sample_weight"], options["class_weight"]
     n, n_classes = logits.shape
     labels = widened_labels(labels, xp) if labels.ndim == 1 else labels
     plan = _plan({"logits": logits}, labels, n=n, n_classes=n_classes, xp=xp, **options)
@@ -249,6 +317,34 @@ def _logits_loss(
         shape = (0,) if plan.reduction == "none" else ()
         return xp.zeros(shape, dtype=plan.dtype, device=device(logits)), G
     return _run(_logits_core, (logits, labels, sw, cw), xp, plan=plan, want_grad=want_grad)
+
+
+def soft_target_grad(
+    logits: Any,
+    targets: Any,
+    /,
+    *,
+    reduction: str = "mean",
+    sample_weight: Any | None = None,
+    class_weight: Any | None = None,
+    label_smoothing: float = 0.0,
+    axis: int = -1,
+    xp: Any | None = None,
+) -> Any:
+    """The gradient of :func:`softmax_cross_entropy` with respect to soft ``targets`` (of the logits'
+    shape), ``-log_softmax(logits)`` scaled as the loss is; for ``reduction="none"``, of the sum of the
+    per-row losses. Private to softdist.torch and softdist.jax, which validate through the loss first."""
+    xp = namespace_of({"logits": logits, "labels": targets}, xp)
+    axis = _check_axis(axis, logits.ndim)
+    dtype = float_dtype_of({"logits": logits}, xp)
+    work = working_dtype(dtype, xp)
+    sw = None if sample_weight is None else xp.astype(sample_weight, work)
+    cw = None if class_weight is None else xp.astype(class_weight, work)
+    grad = _generic.soft_target_grad(
+        xp.astype(logits, work, copy=False), axis=axis, sample_weight=sw, class_weight=cw,
+        label_smoothing=float(label_smoothing), reduction=reduction, xp=xp,
+    )  # fmt: skip
+    return xp.astype(grad, targets.dtype, copy=False)
 
 
 def softmax_cross_entropy(
@@ -261,23 +357,26 @@ def softmax_cross_entropy(
     class_weight: Any | None = None,
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
+    axis: int = -1,
     xp: Any | None = None,
 ) -> Any:
     """Softmax cross-entropy of ``logits`` against ``labels``.
 
     Parameters
     ----------
-    logits : array, shape (N, C)
+    logits : array, shape (N, C), or any shape with the classes along ``axis``
         Unnormalised scores, any array API library (NumPy, PyTorch, JAX, CuPy, Dask, ...). ``-inf``
-        masks a class. float16/bfloat16 are reduced in float32.
-    labels : array, shape (N,) or (N, C)
-        Integer class indices in [0, C), or soft targets (one row of class probabilities per sample;
-        rows need not sum to 1). Same library and device as ``logits``.
+        masks a class. float16/bfloat16 are reduced in float32. The other axes form the batch: (N,)
+        for (N, C), (N, d1, ...) for (N, d1, ..., C), () for (C,).
+    labels : array, of the batch shape or of the logits' shape
+        Integer class indices in [0, C) (the batch shape), or floating soft targets (the logits' shape:
+        class probabilities along ``axis``; they need not sum to 1). Same library and device as
+        ``logits``. Integer labels of the logits' shape are a TypeError, as in PyTorch.
     reduction : {"mean", "sum", "none"}
         "mean" divides by the total effective weight of the counted rows (sample weight times the class
         weight of the label; ignored rows do not count), as PyTorch does; soft targets divide by N (or
         the sum of ``sample_weight``). A batch with nothing to count has loss 0, not NaN.
-    sample_weight : array, shape (N,), optional
+    sample_weight : array, the batch shape, optional
         Per-row weights (not in PyTorch).
     class_weight : array, shape (C,), optional
         Per-class weights, PyTorch's ``weight``.
@@ -286,18 +385,22 @@ def softmax_cross_entropy(
     ignore_index : int, optional
         Rows with this label get loss 0 and gradient 0 and do not count in the mean. Default: none
         (PyTorch's default is -100).
+    axis : int
+        The class axis of ``logits`` (and of soft targets), -1 by default as in optax and the array API's
+        reductions; ``softdist.torch`` passes PyTorch's axis 1 (0 for an unbatched (C,) input).
     xp : namespace, optional
         Inferred from the inputs when omitted.
 
     Returns
     -------
     array
-        0-D for "mean"/"sum", shape (N,) for "none"; in the logits' library, device and floating dtype.
+        0-D for "mean"/"sum", the batch shape for "none"; in the logits' library, device and floating
+        dtype.
         Invalid labels raise ValueError on eager backends; under ``jax.jit`` and Dask (where values cannot
         be read without a sync) their rows are NaN instead.
     """
     options = _loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
-    return _logits_loss(logits, labels, options, xp, want_grad=False)[0]
+    return _logits_loss(logits, labels, options, xp, want_grad=False, axis=axis)[0]
 
 
 def softmax_cross_entropy_and_grad(
@@ -310,6 +413,7 @@ def softmax_cross_entropy_and_grad(
     class_weight: Any | None = None,
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
+    axis: int = -1,
     xp: Any | None = None,
 ) -> tuple[Any, Any]:
     """The loss of :func:`softmax_cross_entropy` and its gradient with respect to ``logits``.
@@ -317,10 +421,18 @@ def softmax_cross_entropy_and_grad(
     The gradient is ``gamma_i * softmax(logits_i) - target_i`` scaled like the loss: for plain labels and
     the mean, ``(softmax(logits) - onehot(labels)) / N``; for soft targets ``sum(t_i) p_i - t_i`` (exact
     even when rows do not sum to 1). With ``reduction="none"`` row i holds the gradient of loss i.
-    Same parameters and conventions as :func:`softmax_cross_entropy`.
+    The gradient has the logits' shape. Same parameters and conventions as :func:`softmax_cross_entropy`.
+
+    Examples
+    --------
+    >>> import numpy as np, softdist
+    >>> logits = np.zeros((2, 3, 4))  # (N, C, d1): PyTorch's layout, classes on axis 1
+    >>> loss, grad = softdist.softmax_cross_entropy_and_grad(logits, np.zeros((2, 4), int), axis=1)
+    >>> round(float(loss), 4), grad.shape
+    (1.0986, (2, 3, 4))
     """
     options = _loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
-    return _logits_loss(logits, labels, options, xp, want_grad=True)  # type: ignore[return-value]
+    return _logits_loss(logits, labels, options, xp, want_grad=True, axis=axis)  # type: ignore[return-value]
 
 
 def _check_reg(reg: Any, xp: Any) -> None:

@@ -20,13 +20,26 @@ from ._lib import _backends
 __all__ = ["LinearCrossEntropy", "SoftmaxCrossEntropy", "linear_cross_entropy", "softmax_cross_entropy"]
 
 
+def _is_soft(logits: torch.Tensor, labels: torch.Tensor) -> bool:
+    return labels.shape == logits.shape and labels.is_floating_point()
+
+
+def _target_grad(logits: Any, labels: Any, sample_weight: Any, class_weight: Any, options: dict) -> Any:
+    return _softmax.soft_target_grad(
+        logits, labels, sample_weight=sample_weight, class_weight=class_weight,
+        **{k: options[k] for k in ("reduction", "label_smoothing", "axis")},
+    )  # fmt: skip
+
+
 class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
     """loss = softmax_cross_entropy(logits, ...); dloss/dlogits comes from the forward pass.
 
     The forward returns the gradient as a second, non-differentiable output so that it can be saved
     (setup_context style, which torch.func transforms require). The backward scales it by the incoming
     gradient; when a graph of the backward is requested (double backward, hessians), it recomputes the
-    gradient with differentiable operations from the saved logits.
+    gradient with differentiable operations from the saved logits. Soft targets get the gradient
+    -log_softmax(logits) scaled as the loss is; ``jvp`` contracts the same two gradients with the
+    tangents (forward mode). Weights are constants.
     """
 
     generate_vmap_rule = True
@@ -50,6 +63,7 @@ class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(grad)
         ctx.set_materialize_grads(False)  # else autograd fills an (N, C) zero gradient for `grad`
         ctx.save_for_backward(logits, labels, sample_weight, class_weight, grad)
+        ctx.save_for_forward(logits, labels, sample_weight, class_weight, grad)
         ctx.options = options
 
     @staticmethod
@@ -58,12 +72,35 @@ class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
         if grad_loss is None:
             return None, None, None, None, None
         options = dict(ctx.options)
-        if torch.is_grad_enabled():  # create_graph=True: make the gradient itself differentiable
-            grad = _softmax.softmax_cross_entropy_and_grad(
-                logits, labels, sample_weight=sample_weight, class_weight=class_weight, **options
-            )[1]
-        scale = grad_loss[..., None] if options["reduction"] == "none" else grad_loss
-        return grad * scale, None, None, None, None
+        weights = {"sample_weight": sample_weight, "class_weight": class_weight}
+        scale = grad_loss.unsqueeze(options["axis"]) if options["reduction"] == "none" else grad_loss
+        d_logits = d_labels = None
+        if ctx.needs_input_grad[0]:
+            if torch.is_grad_enabled():  # create_graph=True: make the gradient itself differentiable
+                grad = _softmax.softmax_cross_entropy_and_grad(logits, labels, **weights, **options)[1]
+            d_logits = grad * scale
+        if ctx.needs_input_grad[1] and _is_soft(logits, labels):
+            d_labels = _target_grad(logits, labels, sample_weight, class_weight, options) * scale
+        return d_logits, d_labels, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, d_logits: Any, d_labels: Any, *_: Any) -> tuple[Any, None]:
+        logits, labels, sample_weight, class_weight, grad = ctx.saved_tensors
+        options = dict(ctx.options)
+        dims = options["axis"] if options["reduction"] == "none" else None
+
+        def contract(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return (a * b).sum() if dims is None else (a * b).sum(dim=dims)
+
+        tangent = None
+        if d_logits is not None:
+            tangent = contract(grad, d_logits)
+        if d_labels is not None and _is_soft(logits, labels):
+            t = contract(_target_grad(logits, labels, sample_weight, class_weight, options), d_labels)
+            tangent = t if tangent is None else tangent + t
+        if tangent is None:  # no tangent reached the loss
+            tangent = torch.zeros_like(grad.sum() if dims is None else grad.sum(dim=dims))
+        return tangent, None
 
 
 def softmax_cross_entropy(
@@ -76,11 +113,18 @@ def softmax_cross_entropy(
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
 ) -> torch.Tensor:
-    """:func:`softdist.softmax_cross_entropy` on torch tensors, differentiable in ``logits`` through its
-    analytic gradient (labels and weights are constants). Works with ``loss.backward()``, double
-    backward, ``torch.func.grad``/``vmap`` and ``torch.compile`` (which runs it as one opaque call)."""
+    """:func:`softdist.softmax_cross_entropy` on torch tensors in PyTorch's layout, differentiable through
+    its analytic gradient.
+
+    Shapes as ``F.cross_entropy``: ``logits`` (N, C), (N, C, d1, ..., dK) (classes on axis 1) or (C,)
+    (unbatched); ``labels`` class indices of shape (N,), (N, d1, ..., dK) or () — or floating class
+    probabilities of the logits' shape. Differentiable in ``logits`` and in probability ``labels``
+    (``-log_softmax(logits)`` scaled as the loss); weights are constants. Works with ``loss.backward()``,
+    double backward, forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``), ``torch.func.grad`` /
+    ``vmap`` and ``torch.compile`` (which runs it as one opaque call)."""
     options = (
         ("reduction", reduction), ("label_smoothing", float(label_smoothing)), ("ignore_index", ignore_index),
+        ("axis", 0 if logits.ndim == 1 else 1),
     )  # fmt: skip
     return _apply(logits, labels, sample_weight, class_weight, options)
 
@@ -94,7 +138,7 @@ def _apply(*args: Any) -> torch.Tensor:
 
 
 class SoftmaxCrossEntropy(torch.nn.Module):
-    """Drop-in for ``nn.CrossEntropyLoss`` on (N, C) logits, backed by softdist's analytic gradient.
+    """Drop-in for ``nn.CrossEntropyLoss`` (any of its input shapes), backed by softdist's analytic gradient.
 
     Same arguments as ``nn.CrossEntropyLoss`` (``weight`` is a buffer: it follows ``.to(device)``), except
     that ``ignore_index`` defaults to None (no label ignored) rather than -100; ``forward`` also takes

@@ -141,6 +141,33 @@ def soft_row_terms(
     )
 
 
+def soft_target_grad(
+    z: Any,
+    *,
+    axis: int,
+    sample_weight: Any | None,
+    class_weight: Any | None,
+    label_smoothing: float,
+    reduction: str,
+    xp: Any,
+) -> Any:
+    """d loss / d targets for soft targets of z's shape: ``-log_softmax(z)`` times the weight each target
+    entry carries in the loss, ``(1 - label_smoothing) * sample_weight * class_weight`` (divided by the
+    mean's denominator). Computed in z's own layout (``sample_weight`` has z's shape without ``axis``)."""
+    m = xp.max(z, axis=axis, keepdims=True)
+    d = z - xp.where(m == -xp.inf, 0.0, m)
+    log_p = d - xp.log(xp.sum(xp.exp(d), axis=axis, keepdims=True))
+    batch = tuple(s for i, s in enumerate(z.shape) if i != axis)
+    if sample_weight is not None or reduction == "mean":
+        a = xp.ones(batch, dtype=z.dtype, device=device(z)) if sample_weight is None else sample_weight
+        if reduction == "mean":
+            a = a * _mean_scale(a, xp=xp)
+        log_p = log_p * xp.expand_dims(a, axis=axis)
+    if class_weight is not None:
+        log_p = log_p * xp.reshape(class_weight, tuple(-1 if i == axis else 1 for i in range(z.ndim)))
+    return log_p * -(1.0 - label_smoothing)
+
+
 # -- the kernel ------------------------------------------------------------------------------------------
 def gather_labels(z: Any, labels: Any, *, xp: Any) -> Any:
     """z[i, labels[i]] for every row."""
