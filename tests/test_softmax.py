@@ -448,7 +448,7 @@ class TestBadInput:
             ({"axis": 2}, ValueError, "axis 2 is out of range"),
             ({"axis": 1.0}, TypeError, "axis must be an int"),
             ({"axis": 0}, ValueError, r"labels must be class indices of shape \(3,\)"),
-            ({"logits": np.zeros((4, 3, 2))}, ValueError, r"labels must be class indices of shape \(4, 2\)"),
+            ({"logits": np.zeros((4, 3, 2))}, ValueError, r"labels must be class indices of shape \(4, 3\)"),
             (
                 {
                     "logits": np.zeros((4, 3, 2)),
