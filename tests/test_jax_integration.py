@@ -130,3 +130,47 @@ def test_matrix_products_request_highest_precision(func):
     dots = jaxpr.count("dot_general")
     assert dots > 0
     assert jaxpr.count("precision=(Precision.HIGHEST, Precision.HIGHEST)") == dots
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_soft_target_tangents_match_the_plain_formula(reduction):
+    """d loss / d targets = -log_softmax(logits) scaled as the loss (weights, smoothing, reduction), through
+    the custom_jvp rule: jax.jvp in both arguments, and jax.grad / jacrev with respect to the targets."""
+    rng = np.random.default_rng(4)
+    shape = (3, 2, C)  # any batch shape, classes last (optax's axis=-1)
+    z, t = jnp.asarray(rng.standard_normal(shape)), jnp.asarray(rng.random(shape))
+    cw, sw = jnp.linspace(0.5, 1.5, C), jnp.asarray(rng.random(shape[:-1]) + 0.5)
+    eps = 0.1
+
+    def plain(z, t):
+        rows = -jnp.sum(((1 - eps) * t + eps / C) * cw * jax.nn.log_softmax(z, axis=-1), axis=-1) * sw
+        return rows if reduction == "none" else jnp.sum(rows) / (jnp.sum(sw) if reduction == "mean" else 1)
+
+    def ours(z, t):
+        return sj.softmax_cross_entropy(
+            z, t, reduction=reduction, class_weight=cw, sample_weight=sw, label_smoothing=eps
+        )
+
+    dz, dt = jnp.asarray(rng.standard_normal(shape)), jnp.asarray(rng.standard_normal(shape))
+    _close(jax.jvp(ours, (z, t), (dz, dt))[1], jax.jvp(plain, (z, t), (dz, dt))[1])
+    _close(jax.jvp(lambda t: ours(z, t), (t,), (dt,))[1], jax.jvp(lambda t: plain(z, t), (t,), (dt,))[1])
+    _close(jax.jacrev(ours, argnums=1)(z, t), jax.jacrev(plain, argnums=1)(z, t))
+    _close(jax.jacfwd(ours, argnums=(0, 1))(z, t), jax.jacfwd(plain, argnums=(0, 1))(z, t))
+    if reduction != "none":
+        _close(jax.grad(ours, argnums=1)(z, t), jax.grad(plain, argnums=1)(z, t))
+        _close(jax.jit(jax.grad(ours, argnums=(0, 1)))(z, t), jax.grad(plain, argnums=(0, 1))(z, t))
+        _close(jax.hessian(ours, argnums=(0, 1))(z, t), jax.hessian(plain, argnums=(0, 1))(z, t))
+
+
+def test_class_axis_matches_optax():
+    optax = pytest.importorskip("optax")
+    rng = np.random.default_rng(5)
+    z, t = jnp.asarray(rng.standard_normal((2, C, 3))), jnp.asarray(rng.dirichlet(np.ones(C), (2, 3)))
+    t = jnp.moveaxis(t, -1, 1)
+    got = sj.softmax_cross_entropy(z, t, axis=1, reduction="none")
+    _close(got, optax.softmax_cross_entropy(z, t, axis=1))
+    y = jnp.asarray(rng.integers(0, C, (2, 3)))
+    _close(
+        sj.softmax_cross_entropy(z, y, axis=1, reduction="none"),
+        optax.softmax_cross_entropy_with_integer_labels(z, y, axis=1),
+    )
