@@ -9,6 +9,7 @@ mirroring ``nn.CrossEntropyLoss``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -20,14 +21,25 @@ from ._lib import _backends
 __all__ = ["LinearCrossEntropy", "SoftmaxCrossEntropy", "linear_cross_entropy", "softmax_cross_entropy"]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The static options of one call, as ONE object: torch.func's generated vmap rule flattens a tuple
+    argument into leaves and then fails to match the tangents to them (jacfwd(jacfwd(...)))."""
+
+    reduction: str
+    label_smoothing: float
+    ignore_index: int | None
+    axis: int
+
+
 def _is_soft(logits: torch.Tensor, labels: torch.Tensor) -> bool:
     return labels.shape == logits.shape and labels.is_floating_point()
 
 
-def _target_grad(logits: Any, labels: Any, sample_weight: Any, class_weight: Any, options: dict) -> Any:
+def _target_grad(logits: Any, labels: Any, sample_weight: Any, class_weight: Any, options: _Options) -> Any:
     return _softmax.soft_target_grad(
-        logits, labels, sample_weight=sample_weight, class_weight=class_weight,
-        **{k: options[k] for k in ("reduction", "label_smoothing", "axis")},
+        logits, labels, sample_weight=sample_weight, class_weight=class_weight, reduction=options.reduction,
+        label_smoothing=options.label_smoothing, axis=options.axis,
     )  # fmt: skip
 
 
@@ -50,10 +62,14 @@ class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
         labels: torch.Tensor,
         sample_weight: torch.Tensor | None,
         class_weight: torch.Tensor | None,
-        options: tuple[tuple[str, Any], ...],
+        options: _Options,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return _softmax.softmax_cross_entropy_and_grad(
-            logits, labels, sample_weight=sample_weight, class_weight=class_weight, **dict(options)
+            logits,
+            labels,
+            sample_weight=sample_weight,
+            class_weight=class_weight,
+            **dataclasses.asdict(options),
         )
 
     @staticmethod
@@ -71,13 +87,15 @@ class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
         logits, labels, sample_weight, class_weight, grad = ctx.saved_tensors
         if grad_loss is None:
             return None, None, None, None, None
-        options = dict(ctx.options)
+        options = ctx.options
         weights = {"sample_weight": sample_weight, "class_weight": class_weight}
-        scale = grad_loss.unsqueeze(options["axis"]) if options["reduction"] == "none" else grad_loss
+        scale = grad_loss.unsqueeze(options.axis) if options.reduction == "none" else grad_loss
         d_logits = d_labels = None
         if ctx.needs_input_grad[0]:
             if torch.is_grad_enabled():  # create_graph=True: make the gradient itself differentiable
-                grad = _softmax.softmax_cross_entropy_and_grad(logits, labels, **weights, **options)[1]
+                grad = _softmax.softmax_cross_entropy_and_grad(
+                    logits, labels, **weights, **dataclasses.asdict(options)
+                )[1]
             d_logits = grad * scale
         if ctx.needs_input_grad[1] and _is_soft(logits, labels):
             d_labels = _target_grad(logits, labels, sample_weight, class_weight, options) * scale
@@ -86,8 +104,13 @@ class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, d_logits: Any, d_labels: Any, *_: Any) -> tuple[Any, None]:
         logits, labels, sample_weight, class_weight, grad = ctx.saved_tensors
-        options = dict(ctx.options)
-        dims = options["axis"] if options["reduction"] == "none" else None
+        options = ctx.options
+        dims = options.axis if options.reduction == "none" else None
+        if d_logits is not None:  # recomputed differentiably, for an outer reverse mode (jacrev(jacfwd))
+            weights = {"sample_weight": sample_weight, "class_weight": class_weight}
+            grad = _softmax.softmax_cross_entropy_and_grad(
+                logits, labels, **weights, **dataclasses.asdict(options)
+            )[1]
 
         def contract(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return (a * b).sum() if dims is None else (a * b).sum(dim=dims)
@@ -121,11 +144,10 @@ def softmax_cross_entropy(
     probabilities of the logits' shape. Differentiable in ``logits`` and in probability ``labels``
     (``-log_softmax(logits)`` scaled as the loss); weights are constants. Works with ``loss.backward()``,
     double backward, forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``), ``torch.func.grad`` /
-    ``vmap`` and ``torch.compile`` (which runs it as one opaque call)."""
-    options = (
-        ("reduction", reduction), ("label_smoothing", float(label_smoothing)), ("ignore_index", ignore_index),
-        ("axis", 0 if logits.ndim == 1 else 1),
-    )  # fmt: skip
+    ``vmap`` and ``torch.compile`` (which runs it as one opaque call). Known gap: forward over forward
+    (``jacfwd(jacfwd(f))``) is wrong — the gradient saved by the forward pass has no tangent at the outer
+    level; ``hessian`` (``jacfwd(jacrev)``), ``jacrev(jacfwd)`` and ``jacrev(jacrev)`` are exact."""
+    options = _Options(reduction, float(label_smoothing), ignore_index, 0 if logits.ndim == 1 else 1)
     return _apply(logits, labels, sample_weight, class_weight, options)
 
 
