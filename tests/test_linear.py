@@ -337,6 +337,22 @@ class TestDask:
                     np.asarray(got.compute(scheduler="sync")), w, rtol=1e-10, atol=1e-13
                 )
 
+    @pytest.mark.parametrize("chunk_size", [7, "auto"])
+    def test_row_inputs_follow_the_row_blocks_of_x(self, rng, chunk_size):
+        # labels and sample_weight in other blocks than X: no slivers, an int chunk_size kept exactly
+        da = pytest.importorskip("dask.array")
+        X, W, _ = _data(rng, "float64", n=50)
+        y = _labels(rng, 50)
+        sw = rng.uniform(0.5, 2.0, 50)
+        loss, dX, dW = softdist.linear_cross_entropy_and_grad(
+            da.from_array(X, chunks=(13, D)), da.from_array(W), da.from_array(y, chunks=11),
+            sample_weight=da.from_array(sw, chunks=20), chunk_size=chunk_size,
+        )  # fmt: skip
+        assert dX.chunks[0] == ((7,) * 7 + (1,) if chunk_size == 7 else (13, 13, 13, 11))
+        single = softdist.linear_cross_entropy_and_grad(X, W, y, sample_weight=sw)
+        for got, w in zip((loss, dX, dW), single, strict=True):
+            np.testing.assert_allclose(np.asarray(got.compute(scheduler="sync")), w, rtol=1e-12, atol=1e-14)
+
     def test_on_a_distributed_local_cluster(self, rng):
         distributed = pytest.importorskip("distributed")
         da = pytest.importorskip("dask.array")

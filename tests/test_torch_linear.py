@@ -148,3 +148,34 @@ def test_module_trains_a_head():
         first = first if first is not None else loss.item()
     assert loss.item() < 0.5 * first
     assert "z_loss=0.0" in repr(loss_fn)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("z_loss", True), ("z_loss", "a"), ("softcap", "x"), ("label_smoothing", "a"), ("chunk_size", 2.5)],
+)
+def test_bad_options_are_named(option, value):
+    X, W, _, y = _data()
+    with pytest.raises((ValueError, TypeError), match=option):
+        st.linear_cross_entropy(X, W, y, ignore_index=-100, **{option: value})
+
+
+def test_padding_label_without_ignore_index_says_what_to_pass():
+    X, W, _, y = _data()  # y holds -100 padding labels, as PyTorch's default expects
+    with pytest.raises(ValueError, match="ignore_index=-100"):
+        st.linear_cross_entropy(X, W, y)
+
+
+def test_vmap_of_grad_matches_pytorch():
+    X, W, _, y = _data(requires_grad=False)
+    y = y.clamp(min=0)
+
+    def ours(x, t):
+        return st.linear_cross_entropy(x[None], W, t[None])
+
+    def theirs(x, t):
+        return F.cross_entropy(F.linear(x[None], W), t[None])
+
+    got = torch.func.vmap(torch.func.grad(ours))(X, y)
+    want = torch.func.vmap(torch.func.grad(theirs))(X, y)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

@@ -102,6 +102,11 @@ def _head(
         # Dask: its row blocks are the chunks (each task holds one block of logits; dW is a tree sum).
         if chunk_size != "auto":
             X = X.rechunk({0: chunk_size, 1: -1})
+        # Row-wise inputs follow X's row blocks: blocks that differ would be aligned into slivers.
+        rows_of_x = {0: X.chunks[0]}
+        labels = labels.rechunk(rows_of_x | ({1: -1} if labels.ndim == 2 else {}))
+        if sample_weight is not None:
+            sample_weight = sample_weight.rechunk(rows_of_x)
         rows = max(1, n) if isinstance(n, int) else 1
     elif chunk_size == "auto":
         memory = min(

@@ -103,9 +103,12 @@ def _check_label_values(labels: Any, n_classes: int, ignore_index: int | None, x
         value = labels[first]
         value = float(value) if xp.isdtype(labels.dtype, "real floating") else int(value)
         allowed = f"[0, {n_classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+        hint = ""
+        if ignore_index is None and value == -100:  # PyTorch's default padding label
+            hint = "; pass ignore_index=-100 to ignore such rows (softdist ignores nothing by default)"
         raise ValueError(
             f"labels must be integer class indices in {allowed}; got {where.shape[0]} invalid "
-            f"value(s), first labels[{first}] = {value}"
+            f"value(s), first labels[{first}] = {value}{hint}"
         )
     return True
 

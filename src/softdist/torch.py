@@ -32,6 +32,18 @@ class _Options:
     axis: int
 
 
+@dataclasses.dataclass(frozen=True)
+class _LinearOptions:
+    """The linear head's static options as ONE object (see _Options for why not a tuple)."""
+
+    reduction: str
+    label_smoothing: Any
+    ignore_index: int | None
+    z_loss: Any
+    softcap: Any
+    chunk_size: Any
+
+
 def _is_soft(logits: torch.Tensor, labels: torch.Tensor) -> bool:
     return labels.shape == logits.shape and labels.is_floating_point()
 
@@ -147,7 +159,7 @@ def softmax_cross_entropy(
     ``vmap`` and ``torch.compile`` (which runs it as one opaque call). Known gap: forward over forward
     (``jacfwd(jacfwd(f))``) is wrong — the gradient saved by the forward pass has no tangent at the outer
     level; ``hessian`` (``jacfwd(jacrev)``), ``jacrev(jacfwd)`` and ``jacrev(jacrev)`` are exact."""
-    options = _Options(reduction, float(label_smoothing), ignore_index, 0 if logits.ndim == 1 else 1)
+    options = _Options(reduction, label_smoothing, ignore_index, 0 if logits.ndim == 1 else 1)
     return _apply(logits, labels, sample_weight, class_weight, options)
 
 
@@ -208,13 +220,14 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
     gradients with differentiable operations.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(
         X: torch.Tensor, W: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None,
-        sample_weight: torch.Tensor | None, class_weight: torch.Tensor | None,
-        options: tuple[tuple[str, Any], ...],
+        sample_weight: torch.Tensor | None, class_weight: torch.Tensor | None, options: _LinearOptions,
     ) -> tuple[Any, ...]:  # fmt: skip
-        opts = dict(options)
+        opts = dataclasses.asdict(options)
         if opts["reduction"] == "none":
             loss = _linear.linear_cross_entropy(
                 X, W, target, bias=bias, sample_weight=sample_weight, class_weight=class_weight, **opts
@@ -239,7 +252,7 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         X, W, target, bias, sample_weight, class_weight, dX, dW, db = ctx.saved_tensors
         if grad_loss is None:
             return (None,) * 7
-        opts = dict(ctx.options)
+        opts = dataclasses.asdict(ctx.options)
         none = opts["reduction"] == "none"
         if none or torch.is_grad_enabled():  # recompute (differentiably when a graph is requested)
             sw = sample_weight
@@ -279,7 +292,9 @@ def linear_cross_entropy(
     ``linear_weight`` and ``linear_bias`` (targets and weights are constants) without the (N, C) logits.
 
     A superset of ``torch.nn.functional.linear_cross_entropy``'s signature (``weight`` is the class
-    weight; ``ignore_index`` defaults to None, not -100): existing calls port by a rename. Backward gives
+    weight): existing calls port by a rename, except that ``ignore_index`` defaults to None (nothing
+    ignored), not -100 — pass ``ignore_index=-100`` where labels use -100 for padding (a -100 label
+    without it is a ValueError that says so). Backward gives
     dX, dW and dbias from the forward pass; ``retain_graph=True`` then a second backward reuses them;
     double backward, ``torch.func.grad`` and ``torch.compile`` (one graph break) work. Under
     ``torch.no_grad()`` (or when nothing requires a gradient) only the loss is computed.
@@ -295,11 +310,8 @@ def linear_cross_entropy(
     >>> head.weight.grad.shape
     torch.Size([100, 16])
     """
-    options = (
-        ("reduction", reduction), ("label_smoothing", float(label_smoothing)), ("ignore_index", ignore_index),
-        ("z_loss", float(z_loss)), ("softcap", None if softcap is None else float(softcap)),
-        ("chunk_size", chunk_size),
-    )  # fmt: skip
+    # Passed as given: softdist's own checks name the argument (float() here would accept z_loss=True).
+    options = _LinearOptions(reduction, label_smoothing, ignore_index, z_loss, softcap, chunk_size)
     differentiable = [t for t in (input, linear_weight, linear_bias) if t is not None]
     if not (
         (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
@@ -307,7 +319,7 @@ def linear_cross_entropy(
     ):  # nothing to differentiate: the loss alone, one matrix product per chunk
         return _linear.linear_cross_entropy(
             input, linear_weight, target, bias=linear_bias, sample_weight=sample_weight, class_weight=weight,
-            **dict(options),
+            **dataclasses.asdict(options),
         )  # fmt: skip
     return _apply_linear(input, linear_weight, target, linear_bias, sample_weight, weight, options)
 
