@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._lib._compat import device
-from .softmax import Kernel, RowTerms, column_sum
+from .softmax import Kernel, RowTerms, column_sum, times
 
 
 class Workspace:
@@ -97,11 +97,6 @@ def row_logsumexp(z: Any, *, xp: Any) -> Any:
     return xp.where(dead, 0.0, lse)
 
 
-def _weighted(weight: Any, x: Any, *, xp: Any) -> Any:
-    # A zero weight (ignored row) contributes 0 even where x is not finite.
-    return weight * xp.where(weight == 0, 0.0, x)
-
-
 def linear_head(
     X: Any,
     W: Any,
@@ -138,10 +133,10 @@ def linear_head(
         z_term = None
         if z_loss > 0:  # before the kernel, which may overwrite z with G
             lse = row_logsumexp(z, xp=xp)
-            z_term = _weighted(rows.weight, z_loss * (lse * lse), xp=xp)
+            z_term = times(rows.weight, z_loss * (lse * lse), xp=xp)
             if want_grad:
                 softmax = xp.exp(z - lse[:, None])
-                z_grad = _weighted(rows.weight, (2 * z_loss) * lse, xp=xp)[:, None] * softmax
+                z_grad = times(rows.weight, (2 * z_loss) * lse, xp=xp)[:, None] * softmax
         loss_c, G = kernel(z, rows, want_grad=want_grad, xp=xp, recompute=recompute)
         if z_term is not None:
             loss_c = loss_c + z_term

@@ -187,8 +187,9 @@ def subtract_onehot(G: Any, labels: Any, values: Any, *, xp: Any) -> Any:
     return xp.where(_onehot_mask(labels, G, xp=xp), G - values[:, None], G)
 
 
-def _times(coefficient: Any, x: Any, *, xp: Any) -> Any:
-    # A zero coefficient (ignored row) contributes 0 even where x is -inf (masked target).
+def times(coefficient: Any, x: Any, *, xp: Any) -> Any:
+    """coefficient * x, where a zero coefficient (ignored row) contributes 0 even where x is not finite
+    (a -inf masked target, an inf log-sum-exp)."""
     return coefficient * xp.where(coefficient == 0, 0.0, x)
 
 
@@ -217,10 +218,10 @@ def block_loss_and_grad(
         q = terms.soft
         linear = terms.alpha * xp.sum(xp.where(q != 0, q * d, 0.0), axis=1)
     else:
-        linear = _times(terms.alpha, gather_labels(d, terms.labels, xp=xp), xp=xp)
+        linear = times(terms.alpha, gather_labels(d, terms.labels, xp=xp), xp=xp)
         if terms.beta is not None:
             cw = terms.class_weight
-            linear = linear + _times(terms.beta, xp.sum(d, axis=1) if cw is None else d @ cw, xp=xp)
+            linear = linear + times(terms.beta, xp.sum(d, axis=1) if cw is None else d @ cw, xp=xp)
     loss = xp.where(dead, 0.0, terms.gamma * xp.log(s) - linear)
     if terms.zero_rows is not None:
         loss = xp.where(terms.zero_rows, 0.0, loss)
