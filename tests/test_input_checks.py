@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import softdist
-from softdist.testing import Backend
+from softdist.testing import Backend, reference_sqdist
 
 has_torch = importlib.util.find_spec("torch") is not None
 
@@ -226,17 +226,23 @@ def test_dask_unknown_sizes_in_softmax_and_knn(unknown):
         softdist.softmax_cross_entropy(da.ones((5, 3)), yu)
 
 
-def test_dask_unknown_sizes_in_distances_work_lazily(unknown):
-    from softdist.testing import backend_by_name, reference_sqdist
+def test_dask_unknown_sizes_in_distances(unknown):
+    # Before: all-NaN results without an error (one side unknown), or a ValueError from inside Dask.
+    X, Xu, _, _ = unknown
+    import dask.array as da
 
-    X, Xu, kept, _ = unknown
-    dask_backend = backend_by_name("dask")
-    with dask_backend.no_compute():
-        D = softdist.pairwise_sqdist(Xu)
-        D_ab = softdist.pairwise_distances(Xu, dask_backend.asarray(X))
-    np.testing.assert_allclose(D.compute(), reference_sqdist(kept), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(D_ab.compute(), np.sqrt(reference_sqdist(kept, X)), rtol=1e-10)
-    assert np.all(np.diag(D.compute()) == 0)
+    Xd = da.from_array(X, chunks=5)
+    for func in (softdist.pairwise_sqdist, softdist.pairwise_distances):
+        for args, name in (((Xu,), "A"), ((Xu, Xd), "A"), ((Xd, Xu), "B")):
+            with pytest.raises(ValueError, match=rf"{name} has unknown chunk sizes.*compute_chunk_sizes"):
+                func(*args)
+    Xu.compute_chunk_sizes()  # the suggested remedy works
+    np.testing.assert_allclose(
+        softdist.pairwise_sqdist(Xd, Xu).compute(),
+        reference_sqdist(X, X[X[:, 0] > 0]),
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 # -- JAX arrays sharded over several devices ---------------------------------------------------------------

@@ -106,6 +106,21 @@ def test_self_distances_with_nan_and_inf_rows(backend: Backend):
     np.testing.assert_array_equal(D, want)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_distances_keep_nan_where_squared_distances_are_nan(backend: Backend, dtype):
+    # pairwise_distances used to turn NaN into 0.0: a NaN row read as a duplicate.
+    X = np.array([[0, 0], [nan, 1], [inf, 0], [1, 1], [inf, 0]], dtype=dtype)
+    D = _run(backend, softdist.pairwise_distances, X)
+    D_ab = _run(backend, softdist.pairwise_distances, X, X[::-1].copy())
+    sq = _exact_sqdist(X, X)
+    sq[np.arange(5), np.arange(5)] = 0  # pairwise_sqdist(X): a row's distance to itself is 0
+    np.testing.assert_array_equal(np.isnan(D), np.isnan(sq))
+    np.testing.assert_array_equal(np.isnan(D_ab), np.isnan(_exact_sqdist(X, X[::-1].copy())))
+    finite = np.isfinite(sq)
+    np.testing.assert_allclose(D[finite], np.sqrt(sq[finite]), rtol=1e-6)
+    assert np.all(D[np.isinf(sq)] == inf)
+
+
 # -- section 1: the whole class -------------------------------------------------------------------------
 
 

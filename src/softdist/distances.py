@@ -12,13 +12,21 @@ from ._lib._compat import (
     is_jax_namespace,
     is_numpy_namespace,
 )
-from ._lib._validation import check_matrix, check_same_features, float_dtype_of, namespace_of, working_dtype
+from ._lib._validation import (
+    check_known_shapes,
+    check_matrix,
+    check_same_features,
+    float_dtype_of,
+    namespace_of,
+    working_dtype,
+)
 
 __all__ = ["pairwise_distances", "pairwise_sqdist"]
 
 
 def _validated(A: Any, B: Any | None, xp: Any) -> tuple[Any, Any, Any, Any]:
     xp = namespace_of({"A": A, "B": B}, xp)
+    check_known_shapes({"A": A, "B": B})  # row offsets, the centre and the diagonal need the sizes
     check_matrix("A", A)
     if B is not None:
         check_matrix("B", B)

@@ -393,6 +393,7 @@ def set_diagonal(D: Any, value: float, *, xp: Any) -> Any:
 
 
 def safe_sqrt(D: Any, *, xp: Any) -> Any:
-    """sqrt whose gradient is 0, not NaN or inf, where D == 0 (autograd-friendly double where)."""
+    """sqrt whose gradient is 0, not NaN or inf, where D == 0 (autograd-friendly double where); NaN stays
+    NaN (a NaN coordinate or inf - inf must not read as a duplicate row)."""
     positive = D > 0
-    return xp.where(positive, xp.sqrt(xp.where(positive, D, 1.0)), 0.0)
+    return xp.where(positive, xp.sqrt(xp.where(positive, D, 1.0)), xp.where(D == 0, 0.0, D))
