@@ -66,14 +66,28 @@ def test_ports_from_torch_linear_cross_entropy():
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_retain_graph_second_backward():
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_retain_graph_second_and_third_backward(scale):
+    # The first backward hands the kept gradients over in place; later ones recompute.
     X, W, b, y = _data(2)
-    loss = st.linear_cross_entropy(X, W, y, linear_bias=b, ignore_index=-100)
-    loss.backward(retain_graph=True)
-    first = [t.grad.clone() for t in (X, W, b)]
-    loss.backward()
-    for t, g in zip((X, W, b), first, strict=True):
-        torch.testing.assert_close(t.grad, 2 * g)
+    loss = scale * st.linear_cross_entropy(X, W, y, linear_bias=b, ignore_index=-100)
+    X2, W2, b2 = (t.detach().clone().requires_grad_() for t in (X, W, b))
+    want = torch.autograd.grad(scale * _torch_loss(X2, W2, b2, y), (X2, W2, b2))
+    for k in (1, 2, 3):
+        loss.backward(retain_graph=True)
+        for t, g in zip((X, W, b), want, strict=True):
+            torch.testing.assert_close(t.grad, k * g, rtol=1e-10, atol=1e-12)
+
+
+def test_backward_accumulates_into_existing_grads():
+    X, W, b, y = _data(6)
+    for t in (X, W, b):
+        t.grad = torch.ones_like(t)
+    (2.5 * st.linear_cross_entropy(X, W, y, linear_bias=b, ignore_index=-100)).backward()
+    X2, W2, b2 = (t.detach().clone().requires_grad_() for t in (X, W, b))
+    want = torch.autograd.grad(2.5 * _torch_loss(X2, W2, b2, y), (X2, W2, b2))
+    for t, g in zip((X, W, b), want, strict=True):
+        torch.testing.assert_close(t.grad, 1 + g, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
