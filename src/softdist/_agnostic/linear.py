@@ -51,15 +51,18 @@ class Workspace:
         Gd = xp.astype(G, self.W.dtype, copy=False)  # the products run in the input dtype
         if self.want_dX:
             self.dX.append(Gd @ self.W)
-        self._accumulate(self.dW, xp.astype(xp.matrix_transpose(Gd) @ Xc, self.work, copy=False))
+        self._accumulate(self.dW, xp.matrix_transpose(Gd) @ Xc)
         if self.b is not None:
             self._accumulate(self.db, column_sum(G, xp=xp))
 
     def _accumulate(self, parts: list[Any], x: Any) -> None:
+        # In place after the first chunk (JAX rebinds): `total = total + x.astype(work)` held two more
+        # (C, D) float32 arrays per chunk, 8.6 GiB beyond the inputs for bfloat16 at N=8192, D=4096,
+        # C=128256 on an H200 (benchmarks/gpu.sh). A half-precision product is widened by the addition.
         if self.tree or not parts:
-            parts.append(x)
+            parts.append(self.xp.astype(x, self.work, copy=False))
         else:
-            parts[0] = parts[0] + x
+            parts[0] += x
 
     def result(self, n: int) -> tuple[Any | None, Any, Any | None]:
         """(dX, dW, db): dW and db in the working dtype, summed pairwise in tree mode (Dask)."""
