@@ -170,6 +170,9 @@ def gpu() -> None:
     y = torch.randint(0, c, (n,), device="cuda", generator=g)
     methods = {
         "softdist.torch.linear_cross_entropy": lambda X, W: st.linear_cross_entropy(X, W, y),
+        "softdist.torch.linear_cross_entropy chunk 1024": lambda X, W: st.linear_cross_entropy(
+            X, W, y, chunk_size=1024
+        ),
         "F.linear + F.cross_entropy": lambda X, W: F.cross_entropy(F.linear(X, W).float(), y),
     }
     if hasattr(F, "linear_cross_entropy"):
