@@ -1,4 +1,4 @@
-"""Every backend-specific path in softdist._lib._backends gives the generic path's answer."""
+"""Every backend-specific path in softdist._backends gives the generic path's answer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 
 import softdist
 from softdist._agnostic import distances as generic
-from softdist._lib import _backends
+from softdist._backends import _cpu, _dask, _jax, _numpy, backend_for
+from softdist._backends._default import scatter_subtract
 from softdist.testing import hard_datasets, reference_sqdist
 
 
@@ -18,11 +19,11 @@ def test_numpy_operands_equal_generic(dtype, rng):
     A = (rng.standard_normal((50, 9)) + 300).astype(dtype)
     B = (rng.standard_normal((40, 9)) + 300).astype(dtype)
     mean = generic.column_mean(A, B, xp=xp)
-    fast = _backends.numpy_augmented_operands(A, B, mean, xp=xp)
+    fast = _numpy.numpy_augmented_operands(A, B, mean, xp=xp)
     slow = generic.augmented_operands(A, B, mean, xp=xp)
     for f, s in zip(fast, slow, strict=True):
         np.testing.assert_allclose(f, s, rtol=10 * np.finfo(dtype).eps)
-    with_fast = generic.pairwise_sqdist(A, B, xp=xp, operands=_backends.numpy_augmented_operands)
+    with_fast = generic.pairwise_sqdist(A, B, xp=xp, operands=_numpy.numpy_augmented_operands)
     np.testing.assert_allclose(with_fast, generic.pairwise_sqdist(A, B, xp=xp), rtol=1e-6)
 
 
@@ -40,7 +41,7 @@ def test_jax_compiled_path_equals_generic_eager(symmetric, dataset, rng):
     A = jax.numpy.asarray(A64.astype(np.float32))
     B = None if symmetric else jax.numpy.asarray(B64.astype(np.float32))
     xp = array_namespace(A)
-    fast = np.asarray(_backends.jax_pairwise_sqdist(A, B, xp=xp))
+    fast = np.asarray(_jax.jax_pairwise_sqdist(A, B, xp=xp))
     slow = np.asarray(generic.pairwise_sqdist(A, B, xp=xp))  # generic eager refinement
     with np.errstate(invalid="ignore"):  # inf - inf in the reference
         exact = reference_sqdist(A64.astype(np.float32), None if symmetric else B64.astype(np.float32))
@@ -92,15 +93,15 @@ def test_knn_fast_paths_equal_generic(library, self_mode, rng):
     Qb, Xb = backend.asarray(Q), backend.asarray(X)
     xp = backend.xp
     if library == "dask":
-        dist, index = _backends.dask_knn(Qb, Xb, k=k, exclude_self=exclude, index_dtype=xp.int64)
+        dist, index = _dask.dask_knn(Qb, Xb, k=k, exclude_self=exclude, index_dtype=xp.int64)
     elif library == "jax":
         from softdist.distances import _sqdist
 
-        dist, index = _backends.jax_knn(Qb, Xb, sqdist=_sqdist, dtype=Qb.dtype, xp=xp, **options)
+        dist, index = _jax.jax_knn(Qb, Xb, sqdist=_sqdist, dtype=Qb.dtype, xp=xp, **options)
     else:
-        operands = _backends.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
-        dist, index = gn.knn_pruned(Qb, Xb, xp=xp, operands=operands, select=_backends.smallest_selector(xp),
-                                    **options)  # fmt: skip
+        operands = _numpy.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
+        select = backend_for(xp).smallest_selector(xp)
+        dist, index = gn.knn_pruned(Qb, Xb, xp=xp, operands=operands, select=select, **options)
     np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
     assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
 
@@ -159,7 +160,7 @@ def test_eager_cpu_softmax_kernel_equals_generic(library, dtype, options, rng):
         reduction=options.get("reduction", "mean"), checked=True, xp=xp,
     )  # fmt: skip
     slow_loss, slow_grad = generic_softmax.block_loss_and_grad(z, terms, want_grad=True, xp=xp)
-    fast_loss, fast_grad = _backends.eager_cpu_block(z, terms, want_grad=True, xp=xp)
+    fast_loss, fast_grad = _cpu.eager_cpu_block(z, terms, want_grad=True, xp=xp)
     np.testing.assert_array_equal(np.asarray(z), z_np)  # the caller's logits are untouched
     rtol = 10 * np.finfo(dtype).eps
     np.testing.assert_allclose(np.asarray(fast_loss), np.asarray(slow_loss), rtol=rtol, atol=rtol)
@@ -167,7 +168,7 @@ def test_eager_cpu_softmax_kernel_equals_generic(library, dtype, options, rng):
 
     # In place on scores it owns, recomputing the rows it repairs:
     own = convert(z_np.copy())
-    in_loss, in_grad = _backends.eager_cpu_block(
+    in_loss, in_grad = _cpu.eager_cpu_block(
         own, terms, want_grad=True, xp=xp, recompute=lambda rows: xp.take(z, rows, axis=0)
     )
     np.testing.assert_allclose(np.asarray(in_loss), np.asarray(slow_loss), rtol=rtol, atol=rtol)
@@ -192,7 +193,7 @@ def test_eager_cpu_softmax_kernel_large_sums(library, rng):
         ignore_index=None, reduction="mean", checked=True, xp=xp,
     )  # fmt: skip
     _, slow = generic_softmax.block_loss_and_grad(z, terms, want_grad=True, xp=xp)
-    _, fast = _backends.eager_cpu_block(z, terms, want_grad=True, xp=xp)
+    _, fast = _cpu.eager_cpu_block(z, terms, want_grad=True, xp=xp)
     scale = np.max(np.abs(np.asarray(slow)))
     atol = 10 * np.finfo(np.float32).eps * scale
     np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=0, atol=atol)
@@ -206,7 +207,7 @@ def test_scatter_subtract_equals_mask(rng):
     G = rng.standard_normal((12, 5))
     labels, values = rng.integers(0, 5, 12), rng.random(12)
     want = generic_softmax.subtract_onehot(G, labels, values, xp=xp)
-    np.testing.assert_array_equal(_backends.scatter_subtract(G.copy(), labels, values, xp=xp), want)
+    np.testing.assert_array_equal(scatter_subtract(G.copy(), labels, values, xp=xp), want)
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
@@ -214,6 +215,8 @@ def test_scatter_subtract_equals_mask(rng):
 def test_eager_linear_workspace_equals_generic(library, options, rng, monkeypatch):
     """The in-place CPU workspace (reused score buffer, dX written in place, dW accumulated in place, NumPy
     in class blocks) gives the generic workspace's answer."""
+    from array_api_compat import array_namespace
+
     from softdist._agnostic import linear as generic_linear
 
     X, W, b = rng.standard_normal((50, 8)), rng.standard_normal((30, 8)), rng.standard_normal(30)
@@ -225,14 +228,14 @@ def test_eager_linear_workspace_equals_generic(library, options, rng, monkeypatc
     results = []
     for fast in (True, False):
 
-        def workspace(X, W, b, *, chunk_rows, work, want_dX, xp, fast=fast):
+        def workspace(self, X, W, b, *, chunk_rows, work, want_dX, xp, fast=fast):
             if fast:
-                return _backends.EagerCPUWorkspace(
+                return _cpu.EagerCPUWorkspace(
                     X, W, b, chunk_rows=chunk_rows, work=work, want_dX=want_dX, xp=xp
                 )
             return generic_linear.Workspace(X, W, b, work=work, want_dX=want_dX, tree=False, xp=xp)
 
-        monkeypatch.setattr(_backends, "linear_workspace", workspace)
+        monkeypatch.setattr(type(backend_for(array_namespace(X))), "linear_workspace", workspace)
         results.append(softdist.linear_cross_entropy_and_grad(X, W, y, bias=b, chunk_size=16, **options))
     for fast, slow in zip(*results, strict=True):
         np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=1e-12, atol=1e-12)

@@ -78,14 +78,14 @@ def test_fast_paths_equal_generic(rng):
 
     from softdist._agnostic import distances as gd
     from softdist._agnostic import neighbors as gn
-    from softdist._lib import _backends
+    from softdist._backends import _numpy, backend_for
 
     Q, X = rng.standard_normal((40, 5)), rng.standard_normal((300, 5))  # no ties: selections agree
     common = {"k": 5, "exclude_self": False, "tile_rows": 16, "tile_cols": 50, "xp": xp}
     generic = gn.knn(Q, X, sqdist=lambda a, b: gd.pairwise_sqdist(a, b, xp=xp),
                      select=lambda D, c: gn.select_smallest(D, c, xp=xp), **common)  # fmt: skip
-    pruned = gn.knn_pruned(Q, X, operands=_backends.numpy_augmented_operands,
-                           select=_backends.smallest_selector(xp), **common)  # fmt: skip
+    pruned = gn.knn_pruned(Q, X, operands=_numpy.numpy_augmented_operands,
+                           select=backend_for(xp).smallest_selector(xp), **common)  # fmt: skip
     for g, p in zip(generic, pruned, strict=True):
         np.testing.assert_array_equal(g, p)
     D = gd.pairwise_sqdist(Q, X, xp=xp)
@@ -96,7 +96,7 @@ def test_fast_paths_equal_generic(rng):
         from array_api_compat import array_namespace
 
         Dl = lib.asarray(D)
-        got = _backends.smallest_selector(array_namespace(Dl))(Dl, 6)
+        got = backend_for(array_namespace(Dl)).smallest_selector(array_namespace(Dl))(Dl, 6)
         np.testing.assert_array_equal(np.sort(np.asarray(got), axis=1), want)
 
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._agnostic import distances as _generic
-from ._lib import _backends
-from ._lib._compat import (
-    device,
-    is_dask_namespace,
-    is_jax_namespace,
-    is_numpy_namespace,
-)
+from ._backends import backend_for
+from ._lib._compat import device
 from ._lib._validation import (
     check_known_shapes,
     check_matrix,
@@ -43,15 +38,7 @@ def _sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
     work = working_dtype(dtype, xp)
     A = xp.astype(A, work, copy=False)
     B = None if B is None else xp.astype(B, work, copy=False)
-    if is_dask_namespace(xp):
-        D = _backends.dask_pairwise_sqdist(A, B, dtype=work, xp=xp)
-    elif is_jax_namespace(xp):
-        with _backends.highest_matmul_precision(xp):
-            D = _backends.jax_pairwise_sqdist(A, B, xp=xp)
-    elif is_numpy_namespace(xp):
-        D = _generic.pairwise_sqdist(A, B, xp=xp, operands=_backends.numpy_augmented_operands)
-    else:
-        D = _generic.pairwise_sqdist(A, B, xp=xp)
+    D = backend_for(xp).pairwise_sqdist(A, B, dtype=work, xp=xp)
     return xp.astype(D, dtype, copy=False)
 
 

@@ -20,7 +20,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._lib._compat import array_namespace, device, is_array_api_obj, is_numpy_namespace
+from ._backends import backend_for
+from ._lib._compat import array_namespace, device, is_array_api_obj
 from ._lib._scalars import widened_labels
 from ._lib._validation import check_matrix, float_dtype_of, namespace_of
 from .neighbors import knn
@@ -31,7 +32,7 @@ __all__ = ["KNeighborsClassifier", "SoftmaxClassifier"]
 
 def _is_foreign_array(x: Any) -> bool:
     """An array of an array API library other than NumPy: kept in its library and on its device."""
-    return is_array_api_obj(x) and not is_numpy_namespace(array_namespace(x))
+    return is_array_api_obj(x) and not backend_for(array_namespace(x)).sklearn_native
 
 
 def _library_of(X: Any) -> tuple[Any, Any]:
@@ -107,7 +108,7 @@ class _ArrayAPIClassifier(ClassifierMixin, BaseEstimator):
         return X
 
     def _take_classes(self, indices: Any, xp: Any) -> Any:
-        if is_numpy_namespace(xp):
+        if backend_for(xp).sklearn_native:
             return self.classes_[indices]
         # torch has no take for uint16/32/64: take from the widened classes, then back to their dtype
         taken = xp.take(widened_labels(self.classes_, xp), indices, axis=0)

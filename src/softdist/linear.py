@@ -8,20 +8,12 @@ import numbers
 from typing import Any
 
 from . import softmax as _softmax
-from ._lib import _backends
-from ._lib._compat import device, is_dask_namespace
+from ._backends import backend_for
+from ._lib._compat import device
 from ._lib._scalars import widened_labels
 from ._lib._validation import check_known_shapes, check_matrix, check_vector, namespace_of
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad"]
-
-# Bytes of one chunk of float32 (or float64) logits in "auto" mode, on a CPU; on a GPU at most a quarter
-# of the free memory and never more than GPU_WORKING_MEMORY.
-CPU_WORKING_MEMORY = 128 * 2**20
-GPU_WORKING_MEMORY = 1 << 30
-# Fewer rows per chunk and the GEMMs lose efficiency (torch CPU: 32-row chunks 2.9x the GEMMs, 256+ rows
-# 1.0-1.3x, issue #13).
-MIN_AUTO_ROWS = 256
 
 
 def _check_head_options(z_loss: Any, softcap: Any, chunk_size: Any) -> None:
@@ -38,40 +30,6 @@ def _check_head_options(z_loss: Any, softcap: Any, chunk_size: Any) -> None:
         raise TypeError(f'chunk_size must be "auto" or a positive int; got {chunk_size!r}')
     elif chunk_size < 1:
         raise ValueError(f'chunk_size must be "auto" or a positive int; got {chunk_size!r}')
-
-
-def auto_chunk_rows(n: int, n_classes: int, itemsize: int, memory: int) -> int:
-    """Rows per chunk so that one chunk of logits fits in ``memory`` bytes, but at least MIN_AUTO_ROWS."""
-    return max(1, min(n, max(MIN_AUTO_ROWS, memory // max(1, n_classes * itemsize))))
-
-
-def head_core(
-    X: Any, W: Any, labels: Any, bias: Any, sw: Any, cw: Any, *,
-    plan: Any, want_grad: bool, want_dX: bool, z_loss: float, softcap: float | None, chunk_rows: int, xp: Any,
-) -> tuple[Any, ...]:  # fmt: skip
-    """(loss,) or (loss, dX, dW, dbias) after validation; dX is None unless ``want_dX``, dbias None
-    without a bias. Also the kernel of ``softmax_loss``."""
-    n_classes = W.shape[0]
-    terms = _softmax._row_terms(plan, labels, n_classes, sw, cw, xp)
-    X = _cast_input(X, plan.dtype, xp)
-    W = _cast_input(W, plan.dtype, xp)
-    workspace = _backends.linear_workspace(
-        X, W, bias, chunk_rows=chunk_rows, work=plan.work, want_dX=want_dX, xp=xp
-    )
-    row_loss, dX, dW, db = _backends.linear_head_runner(xp)(
-        X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, z_loss=z_loss, softcap=softcap,
-        kernel=_softmax._kernel(xp, [X, W, bias]), xp=xp,
-    )  # fmt: skip
-    loss = xp.astype(_softmax._reduce(row_loss, plan.reduction, xp), plan.dtype, copy=False)
-    if not want_grad:
-        return (loss,)
-    dW = xp.astype(dW, plan.dtype, copy=False)
-    db = None if db is None else xp.astype(db, plan.dtype, copy=False)
-    return loss, dX, dW, db
-
-
-def _cast_input(x: Any, dtype: Any, xp: Any) -> Any:
-    return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
 def _head(
@@ -98,26 +56,12 @@ def _head(
     options = _softmax._loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
     labels = widened_labels(labels, xp) if labels.ndim == 1 else labels  # as softmax_loss does
     plan = _softmax._plan(named, labels, n=n, n_classes=n_classes, xp=xp, **options)
-    if is_dask_namespace(xp):
-        # Dask: its row blocks are the chunks (each task holds one block of logits; dW is a tree sum).
-        if chunk_size != "auto":
-            X = X.rechunk({0: chunk_size, 1: -1})
-        # Row-wise inputs follow X's row blocks: blocks that differ would be aligned into slivers.
-        rows_of_x = {0: X.chunks[0]}
-        labels = labels.rechunk(rows_of_x | ({1: -1} if labels.ndim == 2 else {}))
-        if sample_weight is not None:
-            sample_weight = sample_weight.rechunk(rows_of_x)
-        rows = max(1, n) if isinstance(n, int) else 1
-    elif chunk_size == "auto":
-        memory = min(
-            GPU_WORKING_MEMORY, _backends.default_working_memory(X, xp=xp, cpu_default=CPU_WORKING_MEMORY)
-        )
-        rows = auto_chunk_rows(n, n_classes, xp.finfo(plan.work).bits // 8, memory)
-    else:
-        rows = max(1, min(chunk_size, n))
+    X, labels, sample_weight, rows = backend_for(xp).linear_chunks(
+        X, labels, sample_weight, n=n, n_classes=n_classes, chunk_size=chunk_size, work=plan.work, xp=xp
+    )
     static = {"plan": plan, "want_grad": want_grad, "want_dX": want_grad, "z_loss": float(z_loss),
               "softcap": None if softcap is None else float(softcap), "chunk_rows": rows}  # fmt: skip
-    out = _softmax._run(head_core, (X, W, labels, bias, sample_weight, class_weight), xp, **static)
+    out = _softmax._run(_softmax.head_core, (X, W, labels, bias, sample_weight, class_weight), xp, **static)
     if not want_grad:
         return out
     loss, dX, dW, db = out

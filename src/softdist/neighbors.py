@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import numbers
 from typing import Any
 
-from ._agnostic import distances as _distances
-from ._agnostic import neighbors as _generic
-from ._lib import _backends
-from ._lib._compat import default_dtype, device, is_dask_namespace, is_jax_namespace, is_numpy_namespace
+from . import _config
+from ._backends import backend_for
+from ._lib._compat import default_dtype, device
 from ._lib._validation import (
     check_known_shapes,
     check_matrix,
@@ -21,10 +19,6 @@ from ._lib._validation import (
 from .distances import _sqdist
 
 __all__ = ["knn"]
-
-DEFAULT_WORKING_MEMORY = 64 * 2**20  # bytes of distance tiles (and their temporaries) at a time, on a CPU
-# A tile's temporaries: the distances, the refinement's masks and the selection's copy.
-BYTES_PER_TILE_ENTRY = 4
 
 
 def _check_k(k: Any, available: int, exclude_self: bool) -> None:
@@ -38,9 +32,11 @@ def _check_k(k: Any, available: int, exclude_self: bool) -> None:
 
 
 def _tiles(nq: int, m: int, itemsize: int, working_memory: int) -> tuple[int, int]:
-    """Query rows and reference rows per tile: wide reference tiles (fewer merges), at most 512 queries."""
-    entries = max(1, working_memory // (itemsize * BYTES_PER_TILE_ENTRY))
-    rows = max(1, min(nq, 512, entries // max(1, min(m, 1024))))
+    """Query rows and reference rows per tile: wide reference tiles (fewer merges), at most 512 queries
+    (``_config.KNN_MAX_TILE_ROWS``)."""
+    entries = max(1, working_memory // (itemsize * _config.KNN_ARRAYS_PER_TILE_ENTRY))
+    width = max(1, min(m, _config.KNN_TILE_COLUMNS_FOR_ROWS))
+    rows = max(1, min(nq, _config.KNN_MAX_TILE_ROWS, entries // width))
     cols = max(1, min(m, entries // rows))
     return rows, cols
 
@@ -107,23 +103,11 @@ def knn(
     if nq == 0:
         empty = xp.zeros((0, k), dtype=dtype, device=device(Q))
         return empty, xp.zeros((0, k), dtype=index_dtype, device=device(Q))
-    if is_dask_namespace(xp):
-        dist, index = _backends.dask_knn(Qw, Xw, k=k, exclude_self=exclude, index_dtype=index_dtype)
-        return xp.astype(dist, dtype), index
-    memory = working_memory or _backends.default_working_memory(Q, xp=xp, cpu_default=DEFAULT_WORKING_MEMORY)
+    backend = backend_for(xp)
+    memory = working_memory or backend.default_working_memory(Q, cpu_default=_config.KNN_WORKING_MEMORY)
     rows, cols = _tiles(nq, m, xp.finfo(work).bits // 8, memory)
-    tiles = {"k": k, "exclude_self": exclude, "tile_rows": rows, "tile_cols": cols}
-    select = _backends.smallest_selector(xp)
-    if is_jax_namespace(xp):  # one compiled tile body for every query tile (see _backends.jax_knn)
-        run = functools.partial(_backends.jax_knn, sqdist=_sqdist, dtype=work, **tiles)
-    elif _backends.knn_pruning_applies(Q, xp=xp):
-        operands = (
-            _backends.numpy_augmented_operands if is_numpy_namespace(xp) else _distances.augmented_operands
-        )
-        run = functools.partial(_generic.knn_pruned, operands=operands, select=select, **tiles)
-    else:
-        sqdist = functools.partial(_sqdist, dtype=work, xp=xp)
-        run = functools.partial(_generic.knn, sqdist=sqdist, select=select, **tiles)
-    with _backends.highest_matmul_precision(xp):
-        dist, index = run(Qw, Xw, xp=xp)
+    dist, index = backend.knn(
+        Qw, Xw, k=k, exclude_self=exclude, tile_rows=rows, tile_cols=cols, sqdist=_sqdist, dtype=work,
+        index_dtype=index_dtype, xp=xp,
+    )  # fmt: skip
     return xp.astype(dist, dtype, copy=False), xp.astype(index, index_dtype, copy=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -10,15 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._agnostic import softmax as _generic
-from ._lib import _backends
-from ._lib._compat import (
-    device,
-    is_array_api_obj,
-    is_dask_namespace,
-    is_jax_namespace,
-    is_numpy_namespace,
-    is_torch_namespace,
-)
+from ._backends import backend_for
+from ._lib._compat import device, is_array_api_obj
 from ._lib._scalars import compare, widened_labels
 from ._lib._validation import (
     check_known_shapes,
@@ -70,20 +62,14 @@ def _check_targets(labels: Any, n: Any, n_classes: Any, ignore_index: Any, xp: A
         )
     if not xp.isdtype(labels.dtype, ("integral", "real floating")):
         raise TypeError(f"labels must be integer class indices; got dtype {labels.dtype}")
-    if is_torch_namespace(xp) and labels.dtype == xp.uint64:  # no lossless widening, no torch comparisons
-        raise TypeError("labels of dtype torch.uint64 are not supported (torch cannot compare them); "
-                        "convert them to torch.int64")  # fmt: skip
+    backend_for(xp).check_label_dtype(labels)
     return False
 
 
 def _values_are_concrete(xp: Any, *arrays: Any) -> bool:
     """False for Dask and inside torch.func transforms, where reading a value needs a compute or is
     impossible; JAX is decided on the values themselves (see _check_label_values)."""
-    if is_dask_namespace(xp):
-        return False
-    if is_torch_namespace(xp):
-        return not _backends.is_torch_transformed(list(arrays))
-    return True
+    return backend_for(xp).values_readable(arrays)
 
 
 def _check_label_values(labels: Any, n_classes: int, ignore_index: int | None, xp: Any) -> bool:
@@ -95,7 +81,7 @@ def _check_label_values(labels: Any, n_classes: int, ignore_index: int | None, x
     if ignore_index is not None:
         bad = bad & compare(labels, "!=", ignore_index, xp=xp)
     any_bad = xp.any(bad)
-    if is_jax_namespace(xp) and _backends.is_jax_tracer(any_bad):
+    if backend_for(xp).is_abstract(any_bad):
         return False
     if bool(any_bad):
         (where,) = xp.nonzero(bad)
@@ -175,29 +161,14 @@ def _row_terms(plan: _Plan, labels: Any, n_classes: int, sw: Any, cw: Any, xp: A
     )
 
 
-def _kernel(xp: Any, arrays: list[Any]) -> _generic.Kernel:
-    if is_numpy_namespace(xp) or is_torch_namespace(xp):
-        if _backends.eager_cpu_fast_path_applies(arrays, xp=xp):
-            return _backends.eager_cpu_block
-        if is_torch_namespace(xp) and _backends.is_torch_transformed(arrays):
-            return _generic.block_loss_and_grad  # no in-place scatter on vmap-batched tensors
-        return functools.partial(_generic.block_loss_and_grad, scatter=_backends.scatter_subtract)
-    if is_jax_namespace(xp):
-        return functools.partial(_generic.block_loss_and_grad, scatter=_backends.scatter_subtract)
-    return _generic.block_loss_and_grad
-
-
 def _reduce(row_loss: Any, reduction: str, xp: Any) -> Any:
     return row_loss if reduction == "none" else xp.sum(row_loss)
 
 
 def _run(core: Callable[..., Any], arrays: tuple[Any, ...], xp: Any, **static: Any) -> Any:
-    """``core(*arrays, **static)``; eager JAX runs it as one compiled function (op by op, JAX compiles
-    every operation for every new shape)."""
-    with _backends.highest_matmul_precision(xp):
-        if is_jax_namespace(xp) and not any(_backends.is_jax_tracer(a) for a in arrays if a is not None):
-            return _backends.jax_compiled(core, xp=xp, **static)(*arrays)
-        return core(*arrays, xp=xp, **static)
+    """``core(*arrays, **static)``, run as the backend runs a whole computation best (eager JAX: one
+    compiled function)."""
+    return backend_for(xp).run(core, arrays, xp, **static)
 
 
 # -- the computations, after validation ------------------------------------------------------------------
@@ -206,17 +177,46 @@ def _logits_core(
 ) -> tuple[Any, Any | None]:
     terms = _row_terms(plan, labels, logits.shape[1], sw, cw, xp)
     z = xp.astype(logits, plan.work, copy=False)
-    row_loss, G = _kernel(xp, [logits])(z, terms, want_grad=want_grad, xp=xp)
+    row_loss, G = backend_for(xp).softmax_kernel([logits])(z, terms, want_grad=want_grad, xp=xp)
     loss = xp.astype(_reduce(row_loss, plan.reduction, xp), plan.dtype, copy=False)
     return loss, (None if G is None else xp.astype(G, plan.dtype, copy=False))
+
+
+def head_core(
+    X: Any, W: Any, labels: Any, bias: Any, sw: Any, cw: Any, *,
+    plan: _Plan, want_grad: bool, want_dX: bool, z_loss: float, softcap: float | None, chunk_rows: int,
+    xp: Any,
+) -> tuple[Any, ...]:  # fmt: skip
+    """(loss,) or (loss, dX, dW, dbias) after validation; dX is None unless ``want_dX``, dbias None
+    without a bias. The kernel of the linear head (softdist.linear) and of ``softmax_loss`` (on W.T)."""
+    n_classes = W.shape[0]
+    terms = _row_terms(plan, labels, n_classes, sw, cw, xp)
+    X = _cast_input(X, plan.dtype, xp)
+    W = _cast_input(W, plan.dtype, xp)
+    backend = backend_for(xp)
+    workspace = backend.linear_workspace(
+        X, W, bias, chunk_rows=chunk_rows, work=plan.work, want_dX=want_dX, xp=xp
+    )
+    row_loss, dX, dW, db = backend.linear_head(
+        X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, z_loss=z_loss, softcap=softcap,
+        kernel=backend.softmax_kernel([X, W, bias]), xp=xp,
+    )  # fmt: skip
+    loss = xp.astype(_reduce(row_loss, plan.reduction, xp), plan.dtype, copy=False)
+    if not want_grad:
+        return (loss,)
+    dW = xp.astype(dW, plan.dtype, copy=False)
+    db = None if db is None else xp.astype(db, plan.dtype, copy=False)
+    return loss, dX, dW, db
+
+
+def _cast_input(x: Any, dtype: Any, xp: Any) -> Any:
+    return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
 def _linear_core(
     W: Any, X: Any, y: Any, b: Any, sw: Any, cw: Any, reg: Any, *,
     plan: _Plan, has_reg: bool, chunk_rows: int, xp: Any,
 ) -> tuple[Any, ...]:  # fmt: skip
-    from .linear import head_core  # the linear head's kernel, on W.T (a view): one implementation
-
     loss, _, dW, db = head_core(
         X, xp.matrix_transpose(W), y, b, sw, cw, plan=plan, want_grad=True, want_dX=False, z_loss=0.0,
         softcap=None, chunk_rows=chunk_rows, xp=xp,
@@ -451,7 +451,7 @@ def _check_reg(reg: Any, xp: Any) -> None:
         raise ValueError(f"reg must be a number or a 0-D array; got an array of shape {tuple(reg.shape)}")
     if not xp.isdtype(reg.dtype, ("real floating", "integral")):
         raise TypeError(f"reg must be real; got an array of dtype {reg.dtype}")
-    concrete = _values_are_concrete(xp, reg) and not (is_jax_namespace(xp) and _backends.is_jax_tracer(reg))
+    concrete = _values_are_concrete(xp, reg) and not backend_for(xp).is_abstract(reg)
     if concrete and not bool((reg >= 0) & (reg < xp.inf)):  # eager only: one host read of a 0-D array
         raise ValueError(f"reg must be a finite number >= 0; got an array holding {float(reg)!r}")
 

@@ -16,7 +16,7 @@ import torch
 
 from . import linear as _linear
 from . import softmax as _softmax
-from ._lib import _backends
+from ._backends._torch import is_torch_transformed
 
 __all__ = ["LinearCrossEntropy", "SoftmaxCrossEntropy", "linear_cross_entropy", "softmax_cross_entropy"]
 
@@ -337,7 +337,7 @@ def linear_cross_entropy(
     differentiable = [t for t in (input, linear_weight, linear_bias) if t is not None]
     if not (
         (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
-        or _backends.is_torch_transformed(differentiable)
+        or is_torch_transformed(differentiable)
     ):  # nothing to differentiate: the loss alone, one matrix product per chunk
         return _linear.linear_cross_entropy(
             input, linear_weight, target, bias=linear_bias, sample_weight=sample_weight, class_weight=weight,

@@ -19,23 +19,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .. import _config
 from .._lib._compat import at, device, is_writeable_array
-
-# Relative accuracy promised for entries that are not recomputed, per floating precision.
-TARGET_RTOL = {32: 1e-4, 64: 1e-10}
-# Safety factor between the typical GEMM rounding error (eps * sqrt(d) * norms) and the threshold;
-# measured worst cases sit about 4x under the bound (benchmarks/accuracy_distances.py).
-TAU_SAFETY = 4.0
-# Largest number of elements a direct-difference chunk materialises (2 MiB in float32; the exact sum
-# keeps about ten such temporaries).
-DIRECT_CHUNK_ELEMENTS = 1 << 19
 
 
 def refine_threshold(dtype: Any, n_features: int, *, xp: Any) -> float:
     """Relative size below which an expansion entry is recomputed by direct differences."""
     info = xp.finfo(dtype)
-    target = TARGET_RTOL.get(info.bits, TARGET_RTOL[32])
-    return min(0.5, TAU_SAFETY * info.eps * math.sqrt(n_features + 2) / target)
+    target = _config.TARGET_RTOL.get(info.bits, _config.TARGET_RTOL[32])
+    return min(0.5, _config.TAU_SAFETY * info.eps * math.sqrt(n_features + 2) / target)
 
 
 def column_mean(A: Any, B: Any | None, *, xp: Any, eager: bool = True, finite: bool = False) -> Any:
@@ -184,7 +176,7 @@ def direct_sqdist_pairs(A: Any, B: Any, rows: Any, cols: Any, *, xp: Any, **shor
     """Exact squared distances of the pairs (A[rows], B[cols]) (:func:`exact_sqdist_rows`, which takes
     the ``shortcuts``), in chunks that bound the temporary memory."""
     n_pairs = rows.shape[0]
-    step = max(1, DIRECT_CHUNK_ELEMENTS // max(A.shape[1], 1))
+    step = max(1, _config.DIRECT_CHUNK_ELEMENTS // max(A.shape[1], 1))
     parts = []
     for start in range(0, n_pairs, step):
         stop = min(start + step, n_pairs)

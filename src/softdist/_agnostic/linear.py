@@ -27,7 +27,7 @@ from .softmax import Kernel, RowTerms, column_sum, times
 class Workspace:
     """Where one call's scores are computed and its gradients accumulated (standard operations only).
 
-    Backends subclass it to reuse buffers and write in place (``softdist._lib._backends``).
+    Backends subclass it to reuse buffers and write in place (``softdist._backends``).
     """
 
     def __init__(

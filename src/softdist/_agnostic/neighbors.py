@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .. import _config
 from .._lib._compat import argpartition, default_dtype, device
 from .distances import column_mean, direct_sqdist_pairs, finite_rows, overflow_scale
 
@@ -147,9 +148,8 @@ def _stack_rows(parts: list[Any], *, xp: Any) -> Any:
 
 # -- eager backends: prune each tile against the current k-th best ---------------------------------------
 # Bound of the centred expansion against the exact distance (README, "Accuracy of the distances"):
-# |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 + |x - mean|^2).
-EXPANSION_BOUND = 8.0
-FIRST_TILE_COLUMNS = 4096
+# |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 + |x - mean|^2),
+# with EXPANSION_BOUND and the first tile's width (KNN_FIRST_TILE_COLUMNS) in softdist._config.
 
 
 def knn_pruned(
@@ -168,7 +168,7 @@ def knn_pruned(
 ) -> tuple[Any, Any]:
     """Same result as :func:`knn` for eager backends, without a top-k selection on every tile.
 
-    The first FIRST_TILE_COLUMNS references give each query an upper bound tau on its k-th distance
+    The first KNN_FIRST_TILE_COLUMNS references give each query an upper bound tau on its k-th distance
     (exact values of a top-2k selection). Every tile then keeps only the entries whose expansion value is
     within the expansion's error bound of the current tau — no true neighbour and no tie is ever dropped
     — and recomputes just those exactly. After the first tiles almost nothing passes: one comparison pass
@@ -191,8 +191,8 @@ def knn_pruned(
     X_aug = xp.concat([X_aug[:, : d + 1], rx[:, None]], axis=1)
     eps = xp.finfo(Q.dtype).eps
     rx_max = xp.max(xp.where(good_x, rx, 0.0))
-    bound = EXPANSION_BOUND * eps * (d + 2) ** 0.5 * (rq + rx_max)
-    first = min(m, max(2 * k, FIRST_TILE_COLUMNS))
+    bound = _config.EXPANSION_BOUND * eps * (d + 2) ** 0.5 * (rq + rx_max)
+    first = min(m, max(2 * k, _config.KNN_FIRST_TILE_COLUMNS))
     index_dtype = default_dtype(xp, "indexing", device=device(Q))
     out_d, out_i = [], []
     for q0 in range(0, nq, tile_rows):

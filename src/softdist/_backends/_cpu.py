@@ -1,0 +1,149 @@
+"""NumPy and PyTorch on the CPU: the in-place softmax block kernel and the linear head's in-place
+workspace, for scores and buffers we own."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .. import _config
+from .._agnostic import linear as _linear
+from .._agnostic import softmax as _softmax
+from .._lib._compat import device, is_numpy_namespace, is_torch_namespace
+from ._default import scatter_subtract
+
+
+# --- Softmax cross-entropy: NumPy and PyTorch on the CPU -------------------------------------------------
+# Why: the generic kernel makes ~7 passes over the (n, C) scores (max, subtract, exp, sum, scale, one-hot
+# mask, select). Here, on scores we own, exp runs in place WITHOUT the max shift, the row sums are a
+# matrix-vector product, and the one-hot term is a scatter of n values: 3 passes. Rows where the
+# unshifted exponentials could be inaccurate (sum overflowed, underflowed, or any NaN/inf) are recomputed
+# by the generic kernel, so the result is the generic one (tests/test_backend_paths.py). The loss uses
+# log(sum_k exp(z_k) * exp(-z_y)), as accurate as the shifted form. softmax_loss: the textbook NumPy code
+# is 1.22-1.33x the two matrix products, this 1.10-1.17x; PyTorch 1.04x (softdist bench, softmax_loss).
+@contextlib.contextmanager
+def _quiet(xp: Any) -> Iterator[None]:
+    # Overflow and NaN are expected (and repaired) here; NumPy would warn about each.
+    if is_numpy_namespace(xp):
+        with xp.errstate(all="ignore"):
+            yield
+    else:
+        yield
+
+
+def eager_cpu_block(
+    z: Any,
+    terms: _softmax.RowTerms,
+    *,
+    want_grad: bool,
+    xp: Any,
+    recompute: Callable[[Any], Any] | None = None,
+) -> tuple[Any, Any | None]:
+    """The generic block kernel's result, computed in place on ``z`` when ``recompute`` is given (the
+    scores are ours and can be recomputed for the rows that need repair); else into a new array."""
+    if terms.soft is not None or terms.beta is not None:
+        return _softmax.block_loss_and_grad(z, terms, want_grad=want_grad, xp=xp, scatter=scatter_subtract)
+    n, C = z.shape
+    flat = xp.arange(n, device=device(z)) * C + terms.labels
+    z_y = xp.take(xp.reshape(z, (-1,)), flat)
+    original = z if recompute is None else None
+    e = xp.empty(z.shape, dtype=z.dtype, device=device(z)) if recompute is None else z
+    with _quiet(xp):
+        xp.exp(z, out=e)
+        s = e @ xp.ones(C, dtype=z.dtype, device=device(z))
+        ratio = s * xp.exp(-z_y)  # sum_k exp(z_k - z_y) >= 1 for a usable row
+        # Sums outside [sqrt(tiny), 1/sqrt(tiny)] lost digits to underflow, or would make the scale
+        # gamma / s subnormal (exp(88) fits float32, 1/exp(88) does not): the shifted kernel redoes them.
+        lowest = xp.finfo(z.dtype).smallest_normal ** 0.5
+        usable = (s >= lowest) & (s <= 1 / lowest) & (ratio < xp.inf)  # False for NaN too
+        loss = terms.gamma * xp.log(ratio)
+        if want_grad:
+            e *= (terms.gamma / s)[:, None]
+            e_flat = xp.reshape(e, (-1,))
+            e_flat[flat] -= terms.alpha
+        if not bool(xp.all(usable)):  # eager CPU only: reading this flag costs no device sync
+            (bad,) = xp.nonzero(~usable)
+            z_bad = recompute(bad) if recompute is not None else xp.take(original, bad, axis=0)
+            loss_bad, G_bad = _softmax.block_loss_and_grad(
+                z_bad, terms.take(bad, xp), want_grad=want_grad, xp=xp, scatter=scatter_subtract
+            )
+            loss[bad] = loss_bad
+            if want_grad:
+                e[bad, ...] = G_bad
+    return loss, (e if want_grad else None)
+
+
+# --- Linear cross-entropy head: NumPy and PyTorch on the CPU -------------------------------------------
+# Why: memory. The generic workspace allocates every chunk's scores, dX rows and a (C, D) product per
+# chunk, then concatenates the dX rows and adds the products: at N = 8192, D = 1024, C = 32000 float32
+# that is two extra (C, D) arrays (250 MiB) and a second dX on top of the chunk. Here the scores go into
+# one reused buffer (the block kernel then works in place on it), dX rows are written straight into the
+# result, and dW is accumulated in place (torch: addmm_; NumPy: class blocks of at most 16 MiB,
+# _config.NUMPY_CLASS_BLOCK_BYTES, through one reused buffer, as NumPy has no GEMM that accumulates).
+# Same arithmetic, same order of summation over chunks as the generic path (tests/test_backend_paths.py).
+class EagerCPUWorkspace(_linear.Workspace):
+    def __init__(self, X: Any, W: Any, b: Any | None, *, chunk_rows: int, work: Any, want_dX: bool,
+                 xp: Any) -> None:  # fmt: skip
+        super().__init__(X, W, b, work=work, want_dX=want_dX, tree=False, xp=xp)
+        n, d = X.shape
+        c = W.shape[0]
+        dev = device(W)
+        self.buffer = xp.empty((min(chunk_rows, n), c), dtype=work, device=dev)
+        self.dX_out = xp.empty((n, d), dtype=W.dtype, device=dev) if want_dX else None
+        self.dW_out: Any = None  # allocated by the first gradient: a loss-only call never holds one
+        self.db_out: Any = None
+        self.class_block = c
+        if is_numpy_namespace(xp):
+            block_bytes = _config.NUMPY_CLASS_BLOCK_BYTES
+            self.class_block = max(1, min(c, block_bytes // max(1, d * xp.finfo(work).bits // 8)))
+
+    def _allocate(self) -> None:
+        xp, (c, d), dev = self.xp, self.W.shape, device(self.W)
+        self.dW_out = xp.zeros((c, d), dtype=self.work, device=dev)
+        self.db_out = None if self.b is None else xp.zeros((c,), dtype=self.work, device=dev)
+        if is_numpy_namespace(xp):
+            self.product = xp.empty((self.class_block, d), dtype=self.work, device=dev)
+
+    def scores(self, Xc: Any, *, fresh: bool = False) -> Any:
+        if fresh:
+            return super().scores(Xc)
+        xp = self.xp
+        z = self.buffer[: Xc.shape[0], ...]
+        if Xc.dtype == self.work:
+            xp.matmul(Xc, xp.matrix_transpose(self.W), out=z)
+        else:  # half precision: the product in the input dtype, then widened into the buffer
+            z[...] = xp.astype(Xc @ xp.matrix_transpose(self.W), self.work)
+        if self.bw is not None:
+            z += self.bw
+        return z
+
+    def add(self, start: int, stop: int, Xc: Any, G: Any) -> None:
+        xp = self.xp
+        if self.dW_out is None:
+            self._allocate()
+        Gd = xp.astype(G, self.W.dtype, copy=False)
+        if self.dX_out is not None:
+            xp.matmul(Gd, self.W, out=self.dX_out[start:stop, ...])
+        if is_torch_namespace(xp):
+            if Gd.dtype == self.work:
+                self.dW_out.addmm_(Gd.T, Xc)
+            else:
+                self.dW_out += (Gd.T @ Xc).to(self.work)
+        else:
+            c, k = self.dW_out.shape[0], self.class_block
+            for first in range(0, c, k):
+                last = min(first + k, c)
+                part = self.product[: last - first, ...]
+                if Gd.dtype == self.work:
+                    xp.matmul(xp.matrix_transpose(Gd[:, first:last]), Xc, out=part)
+                else:
+                    part[...] = xp.matrix_transpose(Gd[:, first:last]) @ Xc
+                self.dW_out[first:last, ...] += part
+        if self.db_out is not None:
+            self.db_out += _softmax.column_sum(G, xp=xp)
+
+    def result(self, n: int) -> tuple[Any | None, Any, Any | None]:
+        if self.dW_out is None:  # no rows
+            self._allocate()
+        return self.dX_out, self.dW_out, self.db_out

@@ -1,0 +1,144 @@
+"""Dask: lazy block-wise distances and kNN (refinement needs data-dependent shapes, which Dask only has
+per chunk), its row blocks as the linear head's chunks, and a tree-summed dW. Nothing computes until the
+user asks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .. import _config
+from .._agnostic import distances as _generic
+from .._agnostic import linear as _linear
+from .._agnostic import neighbors as _neighbors
+from .._lib._compat import array_namespace
+from ._default import Backend
+from ._numpy import NumpyBackend
+
+# The chunks of a Dask array are NumPy arrays: each block runs NumPy's eager paths.
+_CHUNKS = NumpyBackend()
+
+
+# --- Dask --------------------------------------------------------------------------------------------
+# Why: refinement needs data-dependent shapes, which Dask only has per chunk, and a single (n, m) chunk
+# would defeat Dask's purpose. Each output block (i, j) runs the eager generic code on the chunks of A and
+# B (features concatenated), centred on the global mean, so blocks are bounded by the input chunks and
+# nothing computes until the user asks.
+def dask_pairwise_sqdist(A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
+    import dask.array as da
+    from dask.array.utils import meta_from_array
+
+    symmetric = B is None
+    B_ = A if symmetric else B
+    scale = _generic.overflow_scale(A, B, xp=xp)
+    mean = (
+        _generic.column_mean(A * scale, None if symmetric else B * scale, xp=xp, eager=False) / scale
+    )  # lazy
+
+    def block(a: Any, b: Any, mu: Any, sc: Any) -> Any:
+        return _generic.pairwise_sqdist(a, b, xp=array_namespace(a), mean=mu, scale=sc[0])
+
+    D = da.blockwise(
+        block, "ij", A, "ik", B_, "jk", mean, "k", xp.reshape(scale, (1,)), "z",
+        concatenate=True, dtype=dtype, meta=meta_from_array(A, ndim=2, dtype=dtype),
+    )  # fmt: skip
+    if symmetric:
+        # Blocks (i, j) and (j, i) are computed separately: average them for exact symmetry, and write
+        # the diagonal's exact zeros (a NaN row's own entry would be NaN in its block).
+        rows = da.arange(A.shape[0], chunks=(A.chunks[0],))
+        D = xp.where(rows[:, None] == rows[None, :], 0.0, _generic.symmetrize(D, xp=xp))
+    return D
+
+
+# Why: one task per (query chunk, reference chunk) keeps every block bounded by the input chunks; each
+# block finds its exact k best (the eager code on NumPy chunks), and the per-block lists are merged
+# pairwise, log2(#reference chunks) levels deep: a lazy tree reduction, nothing computes until asked.
+def dask_knn(Q: Any, X: Any, *, k: int, exclude_self: bool, index_dtype: Any) -> tuple[Any, Any]:
+    import dask.array as da
+
+    Q = Q.rechunk({1: -1})
+    X = X.rechunk({1: -1})
+    # Global row numbers, chunked like the rows: each block reads its offsets from their first entry.
+    q_rows = da.arange(Q.shape[0], chunks=(Q.chunks[0],))
+    x_rows = da.arange(X.shape[0], chunks=(X.chunks[0],))
+    widths = tuple(min(k, c) for c in X.chunks[0])
+
+    def block(q: Any, x: Any, q0: Any, j0: Any) -> Any:
+        xb = array_namespace(q)
+        select = _CHUNKS.smallest_selector(xb)
+        q0, j0 = int(q0[0]), int(j0[0])
+        if k < x.shape[0]:  # the eager pruned search, placed in the whole problem by the offsets
+            dist, index = _neighbors.knn_pruned(
+                q, x, k=k, exclude_self=exclude_self, tile_rows=_config.DASK_KNN_TILE_ROWS,
+                tile_cols=_config.DASK_KNN_TILE_COLUMNS, xp=xb, select=select,
+                operands=_CHUNKS.augmented_operands, row_offset=q0, col_offset=j0,
+            )  # fmt: skip
+        else:  # a block narrower than k: all of it, exactly, sorted (own row last as NaN)
+
+            def sqdist(a: Any, b: Any) -> Any:
+                return _generic.pairwise_sqdist(a, b, xp=xb)
+
+            dist, index = _neighbors.tile_neighbours(
+                q, x, q0, j0, k=k, exclude_self=exclude_self, xp=xb, sqdist=sqdist, select=select
+            )
+        # float64 carries both: float32 distances exactly, indices exactly up to 2**53.
+        return xb.stack([xb.astype(dist, xb.float64), xb.astype(index, xb.float64)], axis=2)
+
+    pairs = da.blockwise(
+        block, "ijz", Q, "if", X, "jf", q_rows, "i", x_rows, "j",
+        new_axes={"z": 2}, adjust_chunks={"j": widths}, concatenate=True, dtype="float64",
+    )  # fmt: skip
+    while pairs.numblocks[1] > 1:
+        pairs = _merge_adjacent(pairs, k)
+    return pairs[:, :, 0], pairs[:, :, 1].astype(index_dtype)
+
+
+def _merge_adjacent(pairs: Any, k: int) -> Any:
+    sizes = pairs.chunks[1]
+    grouped = tuple(sum(sizes[i : i + 2]) for i in range(0, len(sizes), 2))
+    merged = tuple(min(k, g) for g in grouped)
+
+    def merge(block: Any) -> Any:
+        xb = array_namespace(block)
+        dist, index = _neighbors.sorted_smallest(block[..., 0], block[..., 1], k, xp=xb)
+        return xb.stack([dist, index], axis=2)
+
+    return pairs.rechunk({1: grouped}).map_blocks(
+        merge, chunks=(pairs.chunks[0], merged, (2,)), dtype=pairs.dtype
+    )
+
+
+class DaskBackend(Backend):
+    name = "dask"
+
+    def values_readable(self, arrays: Iterable[Any]) -> bool:
+        return False  # reading a value would compute the graph
+
+    def pairwise_sqdist(self, A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
+        return dask_pairwise_sqdist(A, B, dtype=dtype, xp=xp)
+
+    def knn(
+        self, Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
+        sqdist: Any, dtype: Any, index_dtype: Any, xp: Any,
+    ) -> tuple[Any, Any]:  # fmt: skip
+        return dask_knn(Q, X, k=k, exclude_self=exclude_self, index_dtype=index_dtype)
+
+    # Dask: its row blocks are the chunks (each task holds one block of logits; dW is a tree sum).
+    def linear_chunks(
+        self, X: Any, labels: Any, sample_weight: Any, *, n: Any, n_classes: int, chunk_size: Any,
+        work: Any, xp: Any,
+    ) -> tuple[Any, Any, Any, int]:  # fmt: skip
+        if chunk_size != "auto":
+            X = X.rechunk({0: chunk_size, 1: -1})
+        # Row-wise inputs follow X's row blocks: blocks that differ would be aligned into slivers.
+        rows_of_x = {0: X.chunks[0]}
+        labels = labels.rechunk(rows_of_x | ({1: -1} if labels.ndim == 2 else {}))
+        if sample_weight is not None:
+            sample_weight = sample_weight.rechunk(rows_of_x)
+        rows = max(1, n) if isinstance(n, int) else 1
+        return X, labels, sample_weight, rows
+
+    def linear_workspace(
+        self, X: Any, W: Any, b: Any | None, *, chunk_rows: int, work: Any, want_dX: bool, xp: Any
+    ) -> _linear.Workspace:
+        return _linear.Workspace(X, W, b, work=work, want_dX=want_dX, tree=True, xp=xp)

@@ -1,0 +1,277 @@
+"""JAX: static-shape refinement and kNN (tracing forbids data-dependent shapes), one compiled function
+per option set when eager (JAX compiles every operation anew for every new shape), lax.top_k, lax.scan
+over the linear head's chunks, and full-precision matrix products."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .._agnostic import distances as _generic
+from .._agnostic import linear as _linear
+from .._agnostic import neighbors as _neighbors
+from .._agnostic import softmax as _softmax
+from ._default import Backend, scattering_kernel
+
+
+def is_jax_tracer(x: Any) -> bool:
+    """True inside jax.jit / grad / vmap, where values are abstract (array_api_compat calls every JAX
+    array lazy, eager ones too)."""
+    import jax
+
+    return isinstance(x, jax.core.Tracer)
+
+
+# --- JAX ----------------------------------------------------------------------------------------------
+# Why: the generic refinement needs data-dependent shapes (nonzero), which tracing forbids, and JAX's
+# eager mode compiles every operation anew for every new shape (seconds per call). Here the flagged
+# entries are found with a static-size nonzero: the first `budget` of them (row-major) are recomputed.
+# Under a user's jit/grad/vmap the budget is n + m and the rest keep the centred-expansion value (the
+# documented, weaker jit bound). Eagerly, one compiled function runs with budget n + m and, if more
+# entries were flagged, once more with a budget that covers them all: the full eager guarantee.
+def jax_refine_static(
+    D: Any, A: Any, B: Any, ra: Any, rb: Any, *, tau: float, xp: Any, budget: int, counts: list
+) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    n, m = D.shape
+    symmetric = A is B  # the generic caller passes A twice for B=None
+    row = jnp.arange(n)[:, None]
+    col = jnp.arange(m)[None, :]
+    budget = min(budget, n * m)
+    count_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)  # int32 unless x64 is enabled
+
+    def flags(D: Any) -> Any:
+        flagged = D <= tau * ra[:, None] + tau * rb[None, :]  # <=: overflowed (inf) and underflowed (0) norms
+        # B=None: refine the upper triangle only, then mirror it, so the result stays symmetric
+        return flagged & (row < col) if symmetric else flagged
+
+    def refine(D: Any) -> tuple[Any, Any]:
+        flat_flagged = jnp.reshape(flags(D), (-1,))
+        (idx,) = jnp.nonzero(flat_flagged, size=budget, fill_value=0)
+        exact = _generic.direct_sqdist_pairs(A, B, idx // m, idx % m, xp=xp)
+        flat = jnp.reshape(D, (-1,))
+        flat = flat.at[idx].set(jnp.where(flat_flagged[idx], exact, flat[idx]))
+        D = jnp.reshape(flat, (n, m))
+        return (jnp.where(row < col, D, D.T) if symmetric else D), jnp.sum(flat_flagged, dtype=count_dtype)
+
+    def keep(D: Any) -> tuple[Any, Any]:
+        return D, jnp.zeros((), dtype=count_dtype)
+
+    # Well-separated data flags nothing: one fused test skips the static nonzero, whose prefix sum over
+    # all n * m entries costs XLA's CPU backend about ten times the matrix product itself.
+    D = jnp.maximum(D, 0.0)
+    D, count = jax.lax.cond(jnp.any(jnp.any(flags(D), axis=1)), refine, keep, D)
+    counts.append(count)
+    return D
+
+
+def _jax_sqdist_with_count(A: Any, B: Any | None, *, xp: Any, budget: int) -> tuple[Any, Any]:
+    counts: list = []
+
+    def refine(*args: Any, **kwargs: Any) -> Any:
+        return jax_refine_static(*args, **kwargs, budget=budget, counts=counts)
+
+    def set_nonfinite(D: Any, A: Any, B: Any, bad_a: Any, bad_b: Any, *, xp: Any) -> Any:
+        # Finite data (the usual case) skips the two indicator products.
+        def fix(D: Any) -> Any:
+            return _generic.set_nonfinite_static(D, A, B, bad_a, bad_b, xp=xp)
+
+        return jax.lax.cond(jnp.any(bad_a) | jnp.any(bad_b), fix, lambda D: D, D)
+
+    import jax
+    import jax.numpy as jnp
+
+    D = _generic.pairwise_sqdist(A, B, xp=xp, refine=refine, set_nonfinite=set_nonfinite, eager=False)
+    return D, counts[0]
+
+
+_JAX_JITTED: dict[bool, Any] = {}
+
+
+def jax_pairwise_sqdist(A: Any, B: Any | None, *, xp: Any) -> Any:
+    n = A.shape[0]
+    m = n if B is None else B.shape[0]
+    if is_jax_tracer(A) or is_jax_tracer(B):
+        return _jax_sqdist_with_count(A, B, xp=xp, budget=n + m)[0]
+    import jax
+
+    symmetric = B is None
+    if symmetric not in _JAX_JITTED:
+
+        def run(A: Any, B: Any, budget: int) -> tuple[Any, Any]:
+            return _jax_sqdist_with_count(A, None if symmetric else B, xp=xp, budget=budget)
+
+        _JAX_JITTED[symmetric] = jax.jit(run, static_argnames="budget")
+    jitted = _JAX_JITTED[symmetric]
+    B_ = A if symmetric else B
+    D, count = jitted(A, B_, budget=n + m)
+    if is_jax_tracer(count):  # concrete inputs inside someone's trace (closed-over constants)
+        return D
+    count = int(count)  # eager-only path: the size of the second pass depends on the data
+    if count > n + m:
+        D, _ = jitted(A, B_, budget=1 << (count - 1).bit_length())
+    return D
+
+
+_JAX_COMPILED: dict[Any, Any] = {}
+
+
+def jax_compiled(core: Callable[..., Any], **static: Any) -> Callable[..., Any]:
+    """``core`` with its keyword options fixed, compiled once per option set (JAX's eager mode compiles
+    every operation for every new shape: one compiled function is 10-100x faster than op by op)."""
+    key = (core, tuple(sorted(static.items(), key=lambda kv: kv[0])))
+    if key not in _JAX_COMPILED:
+        import functools
+
+        import jax
+
+        _JAX_COMPILED[key] = jax.jit(functools.partial(core, **static))
+    return _JAX_COMPILED[key]
+
+
+# --- JAX kNN ---------------------------------------------------------------------------------------------
+# Why: traced, the generic loop over query tiles unrolls into one copy of the tile program per tile
+# (hundreds at 50k queries): minutes of compilation, and a 50k x 50k float32 search under jax.jit ran
+# over 10 minutes on 2 CPU cores. lax.map runs one compiled tile body over every query tile instead.
+def jax_knn(Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int, sqdist: Any,
+            dtype: Any, xp: Any) -> tuple[Any, Any]:  # fmt: skip
+    """Same result as the generic static knn; compiled once per shape and option set when eager."""
+    options = {"k": k, "exclude_self": exclude_self, "tile_rows": tile_rows, "tile_cols": tile_cols,
+               "sqdist": sqdist, "dtype": dtype, "xp": xp}  # fmt: skip
+    if is_jax_tracer(Q) or is_jax_tracer(X):
+        return _jax_knn_mapped(Q, X, **options)
+    return jax_compiled(_jax_knn_mapped, **options)(Q, X)
+
+
+def _jax_knn_mapped(Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
+                    sqdist: Any, dtype: Any, xp: Any) -> tuple[Any, Any]:  # fmt: skip
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    nq, d = Q.shape
+    tiles = -(-nq // tile_rows)
+    padded = jnp.concatenate([Q, jnp.zeros((tiles * tile_rows - nq, d), dtype=Q.dtype)])  # rows ignored
+
+    def one_tile(args: tuple[Any, Any]) -> tuple[Any, Any]:
+        Qt, q0 = args
+        return _neighbors.query_tile_neighbours(
+            Qt, X, q0, k=k, exclude_self=exclude_self, tile_cols=tile_cols, xp=xp,
+            sqdist=functools.partial(sqdist, dtype=dtype, xp=xp), select=JaxBackend().smallest_selector(xp),
+        )  # fmt: skip
+
+    starts = jnp.arange(tiles) * tile_rows
+    dist, index = jax.lax.map(one_tile, (jnp.reshape(padded, (tiles, tile_rows, d)), starts))
+    kept = dist.shape[-1]
+    return jnp.reshape(dist, (-1, kept))[:nq], jnp.reshape(index, (-1, kept))[:nq]
+
+
+# --- Linear cross-entropy head: JAX ----------------------------------------------------------------------
+# Why: memory. Traced, the generic Python loop over chunks unrolls, and XLA is free to schedule every
+# chunk's logits at once: jax.grad at N = 1024, C = 4096, 128-row chunks compiled to 18 MiB of temporaries
+# (the whole logits are 16 MiB). lax.scan runs one chunk body at a time (rows padded with zero weights,
+# which contribute exactly 0), so the temporaries are one chunk's. The body is the generic one.
+def jax_linear_head(
+    X: Any, W: Any, terms: _softmax.RowTerms, workspace: _linear.Workspace, *,
+    chunk_rows: int, want_grad: bool, xp: Any, **options: Any,
+) -> tuple[Any, ...]:  # fmt: skip
+    import jax
+    import jax.numpy as jnp
+
+    n, d = X.shape
+    chunks = -(-n // chunk_rows)
+    if chunks <= 1:
+        return _linear.linear_head(
+            X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, xp=xp, **options
+        )
+    pad = chunks * chunk_rows
+
+    def blocked(a: Any) -> Any:
+        a = jnp.concatenate([a, jnp.zeros((pad - n, *a.shape[1:]), dtype=a.dtype)])
+        return jnp.reshape(a, (chunks, chunk_rows, *a.shape[1:]))
+
+    names = [k for k in ("alpha", "gamma", "labels", "beta", "soft", "zero_rows", "weight")
+             if getattr(terms, k) is not None]  # fmt: skip
+    b, work, want_dX = workspace.b, workspace.work, workspace.want_dX
+
+    def body(carry: Any, xs: Any) -> tuple[Any, Any]:
+        Xc, fields = xs
+        rows = dataclasses.replace(terms, **dict(zip(names, fields, strict=True)))
+        ws = _linear.Workspace(Xc, W, b, work=work, want_dX=want_dX, tree=False, xp=xp)
+        loss_c, dX_c, dW_c, db_c = _linear.linear_head(
+            Xc, W, rows, ws, chunk_rows=chunk_rows, want_grad=want_grad, xp=xp, **options
+        )
+        if not want_grad:
+            return carry, (loss_c, None)
+        return (carry[0] + dW_c, None if b is None else carry[1] + db_c), (loss_c, dX_c)
+
+    init = (jnp.zeros(W.shape, dtype=work), None if b is None else jnp.zeros(b.shape, dtype=work))
+    xs = (blocked(X), [blocked(getattr(terms, k)) for k in names])
+    (dW, db), (loss, dX) = jax.lax.scan(body, init if want_grad else (None, None), xs)
+    loss = jnp.reshape(loss, (-1,))[:n]
+    if not want_grad:
+        return loss, None, None, None
+    dX = None if dX is None else jnp.reshape(dX, (-1, d))[:n]
+    return loss, dX, dW, db
+
+
+@contextlib.contextmanager
+def highest_matmul_precision() -> Iterator[None]:
+    """Matrix products at full float32 precision: JAX's default on GPUs/TPUs may use TF32 or bfloat16
+    passes, which would silently void the accuracy softdist promises."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+class JaxBackend(Backend):
+    name = "jax"
+
+    def is_abstract(self, x: Any) -> bool:
+        return is_jax_tracer(x)
+
+    def matmul_precision(self) -> contextlib.AbstractContextManager[None]:
+        return highest_matmul_precision()
+
+    def run(self, core: Callable[..., Any], arrays: tuple[Any, ...], xp: Any, **static: Any) -> Any:
+        """Eagerly: ``core`` as one compiled function (op by op, JAX compiles every operation for every
+        new shape); traced: as it is."""
+        with highest_matmul_precision():
+            if not any(is_jax_tracer(a) for a in arrays if a is not None):
+                return jax_compiled(core, xp=xp, **static)(*arrays)
+            return core(*arrays, xp=xp, **static)
+
+    def pairwise_sqdist(self, A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
+        with highest_matmul_precision():
+            return jax_pairwise_sqdist(A, B, xp=xp)
+
+    # Why: top-k selection is the other big cost after the distance tiles; jax.lax.top_k beats
+    # array-api-extra's generic argpartition (NaN made +inf, so it sorts last).
+    def select_smallest(self, D: Any, count: int, *, xp: Any) -> Any:
+        import jax
+
+        return jax.lax.top_k(-xp.where(xp.isnan(D), xp.inf, D), count)[1]
+
+    def knn_pruning_applies(self, x: Any) -> bool:
+        return False
+
+    def knn(
+        self, Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
+        sqdist: Callable[..., Any], dtype: Any, index_dtype: Any, xp: Any,
+    ) -> tuple[Any, Any]:  # fmt: skip
+        # one compiled tile body for every query tile (see jax_knn)
+        with highest_matmul_precision():
+            return jax_knn(Q, X, k=k, exclude_self=exclude_self, tile_rows=tile_rows, tile_cols=tile_cols,
+                           sqdist=sqdist, dtype=dtype, xp=xp)  # fmt: skip
+
+    def softmax_kernel(self, arrays: list[Any]) -> _softmax.Kernel:
+        return scattering_kernel
+
+    def linear_head(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        return jax_linear_head(*args, **kwargs)

@@ -1,0 +1,81 @@
+"""PyTorch: torch.topk, the in-place CPU kernels (``_cpu``) outside autograd recording and torch.func
+transforms, and the free CUDA memory as the default working memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .. import _config
+from .._agnostic import linear as _linear
+from .._agnostic import softmax as _softmax
+from ._cpu import EagerCPUWorkspace, eager_cpu_block
+from ._default import Backend, scattering_kernel
+
+
+def is_torch_transformed(arrays: list[Any]) -> bool:
+    """True inside torch.func transforms (vmap, grad, jacrev...): values may be batched or abstract, so
+    no Python branching on them and no in-place writes."""
+    import torch
+
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(a) for a in arrays if a is not None)
+
+
+def eager_cpu_fast_path_applies(arrays: list[Any]) -> bool:
+    """PyTorch on the CPU while no autograd graph is recorded through us (in-place ops would break it)
+    and outside torch.func transforms."""
+    import torch
+
+    present = [a for a in arrays if a is not None]
+    recording = torch.is_grad_enabled() and any(a.requires_grad for a in present)
+    return (
+        not recording
+        and not is_torch_transformed(present)
+        and all(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in present)
+    )
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def values_readable(self, arrays: Iterable[Any]) -> bool:
+        return not is_torch_transformed(list(arrays))
+
+    def check_label_dtype(self, labels: Any) -> None:
+        import torch
+
+        if labels.dtype == torch.uint64:  # no lossless widening, no torch comparisons
+            raise TypeError("labels of dtype torch.uint64 are not supported (torch cannot compare them); "
+                            "convert them to torch.int64")  # fmt: skip
+
+    def default_working_memory(self, x: Any, *, cpu_default: int) -> int:
+        if x.device.type == "cuda":
+            import torch
+
+            return int(torch.cuda.mem_get_info(x.device)[0] // _config.GPU_FREE_MEMORY_DIVISOR)
+        return cpu_default
+
+    # Why: top-k selection is the other big cost after the distance tiles; torch.topk beats
+    # array-api-extra's generic argpartition, and treats NaN as the largest value (NaN last).
+    def select_smallest(self, D: Any, count: int, *, xp: Any) -> Any:
+        import torch
+
+        return torch.topk(D, count, dim=1, largest=False, sorted=False).indices
+
+    def knn_pruning_applies(self, x: Any) -> bool:
+        return x.device.type == "cpu" and not is_torch_transformed([x])
+
+    # The in-place CPU kernel where it applies (see _cpu.eager_cpu_block); the scatter elsewhere.
+    def softmax_kernel(self, arrays: list[Any]) -> _softmax.Kernel:
+        if eager_cpu_fast_path_applies(arrays):
+            return eager_cpu_block
+        if is_torch_transformed(arrays):
+            return _softmax.block_loss_and_grad  # no in-place scatter on vmap-batched tensors
+        return scattering_kernel
+
+    def linear_workspace(
+        self, X: Any, W: Any, b: Any | None, *, chunk_rows: int, work: Any, want_dX: bool, xp: Any
+    ) -> _linear.Workspace:
+        if eager_cpu_fast_path_applies([X, W, b]):
+            return EagerCPUWorkspace(X, W, b, chunk_rows=chunk_rows, work=work, want_dX=want_dX, xp=xp)
+        return super().linear_workspace(X, W, b, chunk_rows=chunk_rows, work=work, want_dX=want_dX, xp=xp)

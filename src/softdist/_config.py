@@ -1,0 +1,53 @@
+"""Every tunable of softdist in one place: working-memory budgets, chunk and tile sizes, thresholds and
+safety factors. Memory is always in bytes.
+
+Modules read these names at call time (``_config.NAME``), so assigning one, e.g.
+``softdist._config.KNN_WORKING_MEMORY = 32 << 20``, takes effect on the next call. This module imports
+nothing: every layer may read it.
+"""
+
+from __future__ import annotations
+
+MiB = 1 << 20
+
+# -- working memory (bytes) --------------------------------------------------------------------------------
+# knn: distance tiles (and their temporaries) at a time, on a CPU; the `working_memory` argument overrides it.
+KNN_WORKING_MEMORY = 64 * MiB
+# Linear head, chunk_size="auto": one chunk of float32 (or float64) logits on a CPU; on a GPU at most
+# 1 / GPU_FREE_MEMORY_DIVISOR of the free memory and never more than LINEAR_GPU_WORKING_MEMORY.
+LINEAR_CPU_WORKING_MEMORY = 128 * MiB
+LINEAR_GPU_WORKING_MEMORY = 1 << 30
+# On a GPU (torch CUDA, CuPy) the default working memory is the free device memory divided by this.
+GPU_FREE_MEMORY_DIVISOR = 4
+# NumPy linear head: dW is accumulated in class blocks through one reused product buffer of at most this.
+NUMPY_CLASS_BLOCK_BYTES = 16 * MiB
+
+# -- chunk and tile sizes ----------------------------------------------------------------------------------
+# Linear head, chunk_size="auto": fewer rows per chunk and the GEMMs lose efficiency (torch CPU: 32-row
+# chunks 2.9x the GEMMs, 256+ rows 1.0-1.3x, issue #13).
+LINEAR_MIN_AUTO_ROWS = 256
+# knn tiles: a tile's temporaries per distance entry (the distances, the refinement's masks and the
+# selection's copy), at most this many query rows per tile, and the reference width that splits the
+# budget between rows and columns (wide reference tiles: fewer merges).
+KNN_ARRAYS_PER_TILE_ENTRY = 4
+KNN_MAX_TILE_ROWS = 512
+KNN_TILE_COLUMNS_FOR_ROWS = 1024
+# knn on Dask: the tiles of the eager pruned search inside each (query chunk, reference chunk) block.
+DASK_KNN_TILE_ROWS = 512
+DASK_KNN_TILE_COLUMNS = 8192
+# knn pruning: the first reference tile, which gives each query its initial bound on the k-th distance.
+KNN_FIRST_TILE_COLUMNS = 4096
+# Largest number of elements a direct-difference chunk materialises (2 MiB in float32; the exact sum
+# keeps about ten such temporaries).
+DIRECT_CHUNK_ELEMENTS = 1 << 19
+
+# -- thresholds and safety factors -------------------------------------------------------------------------
+# Relative accuracy promised for distance entries that are not recomputed, per floating precision (bits).
+TARGET_RTOL = {32: 1e-4, 64: 1e-10}
+# Safety factor between the typical GEMM rounding error (eps * sqrt(d) * norms) and the refinement
+# threshold; measured worst cases sit about 4x under the bound (benchmarks/accuracy_distances.py).
+TAU_SAFETY = 4.0
+# Bound of the centred expansion against the exact distance (README, "Accuracy of the distances"), used
+# by the knn pruning: |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 +
+# |x - mean|^2).
+EXPANSION_BOUND = 8.0
