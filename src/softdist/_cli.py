@@ -15,10 +15,11 @@ from typing import NoReturn
 import numpy as np
 
 from . import pairwise_sqdist, softmax_loss
-from .testing import (
+from ._harness import (
     BACKENDS,
     SQDIST_RTOL,
     Backend,
+    finish,
     hard_datasets,
     reference_softmax_loss,
     reference_sqdist,
@@ -240,16 +241,6 @@ def check(backends: list[Backend], skipped: list[str], dtypes: list[str]) -> int
                 print(f"{name:<16} {backend.name:<16} {dtype:<8} {rel:>12.2e} {seconds:>8.3f}  "
                       f"{'yes' if ok else 'NO'}")  # fmt: skip
     return finish(skipped, f"{failures} backend/dtype combinations disagree with NumPy" if failures else "")
-
-
-def finish(skipped: list[str], failure: str) -> int:
-    """The skip lines, then the exit status: 1 with ``failure`` on stderr when something disagreed."""
-    for reason in skipped:
-        print(f"skipped {reason}")
-    if failure:
-        print(failure, file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

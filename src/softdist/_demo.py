@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import knn, softmax_loss
-from .testing import BACKENDS, Backend
+from ._harness import BACKENDS, Backend, finish
 
 # How far a backend may be from the NumPy run (normwise relative) before the demo fails.
 DEMO_RTOL = {"float32": 1e-3, "float64": 1e-9}
@@ -141,8 +141,6 @@ def demo(runnable: list[Backend], skipped: list[str], dtypes: list[str], quick: 
         timing = f"{r.fit_seconds:>7.2f} {r.predict_seconds:>9.3f}"
         print(f"{r.backend:<16} {r.device:<8} {r.dtype:<8} {r.softmax_accuracy:>11.3f} "
               f"{r.knn_accuracy:>8.3f} {timing} {r.max_diff:>18.1e}{flag}")  # fmt: skip
-    from ._cli import finish
-
     disagree = (
         f"these backends disagree with NumPy beyond tolerance: {', '.join(failures)}" if failures else ""
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..testing import Backend
+from .._harness import Backend
 from ._cases import CASES, Case, Method, close_cluster
 from ._measure import Timed, synchronizer, time_methods
 from ._report import device_name, peak_tflops, write_results

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..testing import Backend
+from .._harness import Backend
 
 
 def synchronizer(backend: Backend) -> Callable[[Any], Any]:

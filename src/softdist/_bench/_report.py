@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..testing import Backend
+from .._harness import Backend
 from ._cases import CASES
 
 # Dense float32 / float64 peaks (TFLOP/s, without tensor cores, boost clock) from the vendors' data

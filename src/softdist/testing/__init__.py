@@ -5,26 +5,24 @@
 - assertions that check namespace, device, dtype and shape before values.
 """
 
-from ._assertions import assert_matches_reference, assert_same_kind
-from ._backends import (
+from .._harness import (
     BACKENDS,
     CPU_BACKENDS,
     GPU_BACKENDS,
     JAX_X64_ENV,
+    SQDIST_RTOL,
     Backend,
     DaskComputeError,
     backend_by_name,
     enable_jax_x64,
-    jax_x64_wanted,
-)
-from ._references import (
-    SQDIST_RTOL,
     hard_datasets,
+    jax_x64_wanted,
     reference_cross_entropy,
     reference_distances,
     reference_softmax_loss,
     reference_sqdist,
 )
+from ._assertions import assert_matches_reference, assert_same_kind
 
 __all__ = [
     "BACKENDS",

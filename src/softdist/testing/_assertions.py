@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backends import Backend
+from .._harness import Backend
 
 
 def assert_same_kind(actual: Any, like: Any, *, dtype: Any = None, what: str = "result") -> None:
