@@ -2,8 +2,9 @@
 safety factors. Memory is always in bytes.
 
 Modules read these names at call time (``_config.NAME``), so assigning one, e.g.
-``softdist._config.KNN_WORKING_MEMORY = 32 << 20``, takes effect on the next call. This module imports
-nothing: every layer may read it.
+``softdist._config.KNN_WORKING_MEMORY = 32 << 20``, takes effect on the next call (except inside JAX
+functions already compiled: those keep the values they were traced with). This module imports nothing:
+every layer may read it.
 """
 
 from __future__ import annotations
