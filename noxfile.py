@@ -71,6 +71,16 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The Sphinx documentation into build/docs (warnings are errors); autodoc imports softdist.torch,
+    softdist.jax and the estimators, so their libraries are installed. `nox -s docs -- -b linkcheck`
+    passes other builder options."""
+    session.install(TORCH_CPU)
+    session.install("-e", ".[docs,torch,jax,sklearn]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", *session.posargs, "docs", "build/docs")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("-e", ".[lint]")
     session.run("ruff", "check", ".")

@@ -1,0 +1,55 @@
+"""The performance tables of README.md and docs/performance.md are what benchmarks/readme_tables.py
+generates from the committed results: they can never drift from benchmarks/results/."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "readme_tables.py"
+
+
+@pytest.fixture(scope="module")
+def tables():
+    spec = importlib.util.spec_from_file_location("readme_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("readme_tables", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/performance.md"])
+def test_tables_match_committed_results(tables, name):
+    path = tables.ROOT / name
+    text = path.read_text()
+    assert "<!-- bench:start cpu float32" in text, f"{name} lost its generated CPU table"
+    assert tables.render(text) == text, (
+        f"{name}: the performance tables differ from benchmarks/results/*/bench.json; "
+        "run `python benchmarks/readme_tables.py` and commit the result"
+    )
+
+
+def test_table_is_the_bench_summary(tables):
+    """The generated table is softdist bench's own summary.md (one formatter, not two)."""
+    summary = (tables.RESULTS / "cpu" / "summary.md").read_text()
+    float32 = summary.split("\n\n")[0].strip()
+    assert float32 in tables.tables("cpu", ["float32"])
+
+
+def test_missing_results_say_so(tables):
+    assert "No committed run" in tables.tables("no-such-folder", ["float32"])
+
+
+def test_check_mode_reports_stale_text(tables, tmp_path, monkeypatch):
+    stale = tmp_path / "README.md"
+    stale.write_text("<!-- bench:start cpu float32 -->\nold\n<!-- bench:end -->\n")
+    monkeypatch.setattr(tables, "FILES", (stale,))
+    monkeypatch.setattr(tables, "ROOT", tmp_path)
+    assert tables.main(["--check"]) == 1
+    assert stale.read_text().endswith("old\n<!-- bench:end -->\n")  # --check writes nothing
+    assert tables.main([]) == 0
+    assert "| knn |" in stale.read_text()
+    assert tables.main(["--check"]) == 0
