@@ -56,24 +56,100 @@ def knn(
     Parameters
     ----------
     Q : array, shape (nq, d)
+        The queries; any array API array (NumPy, PyTorch, JAX, CuPy, Dask, array-api-strict). Integer
+        and boolean inputs are computed in the namespace's default floating dtype.
     X : array, shape (m, d), optional
-        ``None`` means Q against itself.
+        The reference points, same library and device as Q. ``None`` means Q against itself.
     k : int
-        1 <= k <= m (m - 1 when the query's own row is excluded).
+        Neighbours per query, 1 <= k <= m (m - 1 when the query's own row is excluded).
     exclude_self : bool, optional
         With ``X=None`` (default True): leave each query's own row out. Not allowed with an explicit X.
     working_memory : int, optional
-        Bytes of distance tiles at a time (default 64 MiB; on a GPU a quarter of the free memory).
+        Bytes of distance tiles (and their temporaries) at a time: 64 MiB by default on a CPU, a quarter
+        of the free memory on a CUDA device. On Dask the blocks are the tiles.
     xp : namespace, optional
+        The array namespace; inferred from the inputs when omitted.
 
     Returns
     -------
-    sqdist : array (nq, k)
+    sqdist : array, shape (nq, k)
         Exact squared distances of the returned pairs (the exact value of the given floats, rounded
         once: the same bits on every backend), in the promoted floating dtype of Q and X.
-    indices : array (nq, k)
+    indices : array, shape (nq, k)
         Row indices into X, in the namespace's default index dtype. Both sorted by (distance, index):
-        ties go to the lower index, identically on every backend; NaN distances sort last.
+        ties go to the lower index, identically on every backend; inf distances come after the finite
+        ones and NaN distances last. Dask input gives lazy Dask arrays.
+
+    Raises
+    ------
+    ValueError
+        Q or X not 2-D, different numbers of columns, k out of range, ``exclude_self=True`` with an
+        explicit X, ``working_memory`` not a positive int, arrays on two devices, Dask arrays of unknown
+        size.
+    TypeError
+        k not an int, ``exclude_self`` not a bool or None, inputs that are not arrays or come from two
+        libraries, complex dtypes.
+
+    See Also
+    --------
+    pairwise_sqdist : the full distance matrix.
+    KNeighborsClassifier : a scikit-learn classifier on these neighbours.
+
+    Notes
+    -----
+    Queries and references are tiled so that the distance tiles stay within ``working_memory``. Each
+    tile is ranked on the centred expansion of :func:`pairwise_sqdist`, and the candidates are then
+    recomputed *exactly*: each difference is split into an exact sum of two floats by Knuth's TwoSum
+    [1]_, its square into an exact sum of two floats by Dekker's product with Veltkamp's split [2]_, and
+    the d terms are added in double-float arithmetic in one fixed pairwise order (pairs scaled by powers
+    of two where they would overflow or underflow). The result is the exact squared distance rounded
+    once, unless it lies within a relative ~2**-44 (float32) / ~2**-98 (float64) of a rounding boundary,
+    where it may be one ulp off -- identically on every backend, since the operation sequence is fixed.
+    The exact lists are merged by (distance, index), so ties fall by index everywhere and a duplicate of
+    a query comes back at exactly 0.0.
+
+    *Pruning on eager CPU backends* (NumPy, PyTorch on the CPU, array-api-strict): the centred
+    expansion's error is bounded by ``b_q = 8 eps sqrt(d + 2) (|q - c|^2 + max_x |x - c|^2)`` for
+    every pair of query q and reference x (c the column mean of X; the expansion runs on data scaled by
+    a power of two that cannot overflow). The first max(2k, 4096) references give each query an upper bound
+    ``t_q`` on its k-th distance (exact values of the tile's top-2k); every tile then keeps only the
+    entries whose expansion value is at most ``min(t_q, current k-th best) + b_q`` and recomputes just
+    those exactly. An entry whose exact distance could be among the k smallest (or tie with the k-th)
+    has an expansion value within ``b_q`` of it, so it always passes: no neighbour and no tie is lost,
+    and after the first tiles one comparison pass per tile replaces a top-k selection. On JAX (static
+    shapes, also under ``jax.jit``) and on GPUs each tile instead selects its best 2k by the library's
+    top-k, and the exact lists are merged; there, more than 2k references at exactly the same distance
+    from one query could break a tie differently. Dask runs each (query block, reference block) pair as
+    one task and merges the lists in a tree, so it runs on a ``distributed`` cluster.
+
+    References
+    ----------
+    .. [1] D. E. Knuth, *The Art of Computer Programming*, vol. 2, *Seminumerical Algorithms*, 3rd ed.,
+       Addison-Wesley, 1997, sec. 4.2.2 (TwoSum, the error-free sum of two floating-point numbers).
+    .. [2] T. J. Dekker, "A floating-point technique for extending the available precision",
+       *Numerische Mathematik* 18, 224-242, 1971 (the exact product by splitting, and double-float
+       addition).
+
+    Examples
+    --------
+    >>> import numpy as np, softdist
+    >>> X = np.array([[0.0], [1.0], [3.0], [4.5]])
+    >>> sqdist, indices = softdist.knn(X, k=2)  # each point's 2 nearest other points
+    >>> sqdist
+    array([[ 1.  ,  9.  ],
+           [ 1.  ,  4.  ],
+           [ 2.25,  4.  ],
+           [ 2.25, 12.25]])
+    >>> indices
+    array([[1, 2],
+           [0, 2],
+           [3, 1],
+           [2, 1]])
+
+    Ties go to the lower index:
+
+    >>> softdist.knn(np.array([[0.0]]), np.array([[1.0], [-1.0], [2.0]]), k=2)[1]
+    array([[0, 1]])
     """
     xp = namespace_of({"Q": Q, "X": X}, xp)
     check_known_shapes({"Q": Q, "X": X})  # k against the row count, row offsets of every block

@@ -396,11 +396,78 @@ def softmax_cross_entropy(
 
     Returns
     -------
-    array
+    loss : array
         0-D for "mean"/"sum", the batch shape for "none"; in the logits' library, device and floating
-        dtype.
-        Invalid labels raise ValueError on eager backends; under ``jax.jit`` and Dask (where values cannot
-        be read without a sync) their rows are NaN instead.
+        dtype. Logits of any magnitude give a finite loss (the log-sum-exp is shifted); ``-inf`` logits
+        mask their class; a row of all ``-inf`` logits, an ignored row and an all-ignored batch give 0,
+        never NaN; a NaN logit makes only its own row NaN. Invalid labels raise ValueError on eager
+        backends; under ``jax.jit`` and Dask (where values cannot be read without a sync) their rows are
+        NaN instead, never a silent wrap-around.
+
+    Raises
+    ------
+    ValueError
+        Labels outside [0, C) that are not ``ignore_index`` (eager backends), labels, ``sample_weight``
+        or ``class_weight`` of the wrong shape, ``ignore_index`` with soft targets, an unknown
+        ``reduction``, ``label_smoothing`` outside [0, 1], 0-D logits or an ``axis`` out of range, zero
+        classes, arrays on two devices, Dask arrays of unknown size, arrays without computable data.
+    TypeError
+        Integer labels of the logits' shape (soft targets must be floating), labels that are neither
+        integer nor floating, torch uint64 labels, ``ignore_index`` or ``axis`` not an int, inputs that
+        are not arrays or come from two libraries, ``xp`` that is not their namespace, complex dtypes.
+
+    See Also
+    --------
+    softmax_cross_entropy_and_grad : the loss and its gradient in one pass.
+    softmax_loss : the loss of a linear model ``X @ W + b`` with dW and db.
+    softdist.torch.softmax_cross_entropy, softdist.jax.softmax_cross_entropy : autodiff integrations.
+
+    Notes
+    -----
+    Row i's loss is ``gamma_i * lse(z_i) - sum_j t_ij z_ij``, with ``t_i`` the (weighted, smoothed)
+    target and ``gamma_i`` its total mass. The log-sum-exp is shifted by the row maximum,
+    ``lse(z) = m + log(sum_j exp(z_j - m))`` with ``m = max_j z_j``: every exponent is <= 0, so nothing
+    overflows, and the sum is at least 1, so nothing underflows to ``log(0)`` [1]_. The shifted values
+    ``z - m`` are reused in the linear term, so logits with a large common offset keep their accuracy.
+    On NumPy and PyTorch CPU arrays a faster kernel exponentiates without the shift and redoes, with the
+    shift, every row whose unshifted sum could overflow, underflow or lose accuracy; its results equal
+    the shifted kernel's (tested). Reductions, class weights, label smoothing and ``ignore_index``
+    follow ``torch.nn.functional.cross_entropy`` [2]_.
+
+    References
+    ----------
+    .. [1] P. Blanchard, D. J. Higham and N. J. Higham, "Accurately computing the log-sum-exp and softmax
+       functions", *IMA Journal of Numerical Analysis* 41(4), 2311-2330, 2021.
+    .. [2] PyTorch, ``torch.nn.functional.cross_entropy``, whose conventions are followed (the
+       differences: no default ``ignore_index``, per-row ``sample_weight``, 0 rather than NaN for a
+       batch with nothing to count).
+
+    Examples
+    --------
+    >>> import numpy as np, softdist
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> labels = np.array([0, 1])
+    >>> round(float(softdist.softmax_cross_entropy(logits, labels)), 4)
+    0.3185
+    >>> softdist.softmax_cross_entropy(logits, labels, reduction="none").round(4)
+    array([0.417, 0.22 ])
+
+    Soft targets (rows of class probabilities), huge and masked logits:
+
+    >>> targets = np.array([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0]])
+    >>> round(float(softdist.softmax_cross_entropy(logits, targets)), 4)
+    0.5135
+    >>> float(softdist.softmax_cross_entropy(np.array([[1000.0, 0.0]]), np.array([1])))
+    1000.0
+    >>> float(softdist.softmax_cross_entropy(np.array([[0.0, -np.inf, 0.0]]), np.array([0])))
+    0.6931471805599453
+
+    Labels that are not class indices are an error on eager backends:
+
+    >>> softdist.softmax_cross_entropy(logits, np.array([0, 3]))
+    Traceback (most recent call last):
+    ...
+    ValueError: labels must be integer class indices in [0, 3); got 1 invalid value(s), ...
     """
     options = _loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
     return _logits_loss(logits, labels, options, xp, want_grad=False, axis=axis)[0]
@@ -423,12 +490,39 @@ def softmax_cross_entropy_and_grad(
 
     The gradient is ``gamma_i * softmax(logits_i) - target_i`` scaled like the loss: for plain labels and
     the mean, ``(softmax(logits) - onehot(labels)) / N``; for soft targets ``sum(t_i) p_i - t_i`` (exact
-    even when rows do not sum to 1). With ``reduction="none"`` row i holds the gradient of loss i.
-    The gradient has the logits' shape. Same parameters and conventions as :func:`softmax_cross_entropy`.
+    even when rows do not sum to 1). It comes from the same pass as the loss, with no autodiff graph.
+
+    Parameters
+    ----------
+    logits, labels, reduction, sample_weight, class_weight, label_smoothing, ignore_index, axis, xp
+        As for :func:`softmax_cross_entropy`.
+
+    Returns
+    -------
+    loss : array
+        As :func:`softmax_cross_entropy` returns it.
+    dlogits : array
+        The gradient of the loss, of the logits' shape, library, device and floating dtype. With
+        ``reduction="none"`` row i holds the gradient of loss i. Masked (``-inf``) classes, ignored rows
+        and rows of all ``-inf`` logits get exactly 0.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As for :func:`softmax_cross_entropy`.
+
+    See Also
+    --------
+    softmax_cross_entropy : the loss alone, its options and the references.
 
     Examples
     --------
     >>> import numpy as np, softdist
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> loss, dlogits = softdist.softmax_cross_entropy_and_grad(logits, np.array([0, 1]))
+    >>> dlogits.round(4)
+    array([[-0.1705,  0.1212,  0.0493],
+           [ 0.0543, -0.0988,  0.0445]])
     >>> logits = np.zeros((2, 3, 4))  # (N, C, d1): PyTorch's layout, classes on axis 1
     >>> loss, grad = softdist.softmax_cross_entropy_and_grad(logits, np.zeros((2, 4), int), axis=1)
     >>> round(float(loss), 4), grad.shape
@@ -497,8 +591,50 @@ def softmax_loss(
 
     Returns
     -------
-    (loss, dW) or (loss, dW, db)
-        In the library, device and floating dtype of W and X.
+    loss : array
+        0-D (or (N,) for ``reduction="none"``): the data loss plus ``reg * sum(W * W)``. It and the
+        gradients are in the library and device of W and X, in the promoted floating dtype of W, X, b.
+    dW : array, shape (D, C)
+        ``X.T @ dscores + 2 * reg * W``.
+    db : array, shape (C,)
+        Only when ``b`` is given: the column sums of ``dscores``.
+
+    Raises
+    ------
+    ValueError
+        W or X not 2-D, X's columns not W's rows, ``b`` not of shape (C,), ``reg`` negative or not
+        finite (eagerly), ``chunk_size`` not a positive int, and everything
+        :func:`softmax_cross_entropy` refuses.
+    TypeError
+        ``reg`` neither a number nor a 0-D real array, and everything :func:`softmax_cross_entropy`
+        refuses.
+
+    See Also
+    --------
+    softmax_cross_entropy : the options, the numerics and the references.
+    linear_cross_entropy_and_grad : the same loss for ``X @ W.T + bias`` (W in ``nn.Linear``'s layout),
+        with dX too; this function runs on its kernel.
+
+    Examples
+    --------
+    >>> import numpy as np, softdist
+    >>> W = np.zeros((3, 2))
+    >>> X = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> loss, dW = softdist.softmax_loss(W, X, np.array([0, 1]), reg=0.1)
+    >>> round(float(loss), 4)
+    0.6931
+    >>> dW
+    array([[-0.25,  0.25],
+           [ 0.25, -0.25],
+           [ 0.  ,  0.  ]])
+
+    A gradient-descent step of a softmax classifier with a bias:
+
+    >>> b = np.zeros(2)
+    >>> loss, dW, db = softdist.softmax_loss(W, X, np.array([0, 1]), b=b)
+    >>> W, b = W - 0.5 * dW, b - 0.5 * db
+    >>> bool(softdist.softmax_loss(W, X, np.array([0, 1]), b=b)[0] < loss)
+    True
     """
     options = _loss_options(reduction, sample_weight, class_weight, label_smoothing, ignore_index)
     named = {"W": W, "X": X, "b": b}
