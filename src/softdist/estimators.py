@@ -120,6 +120,8 @@ class _ArrayAPIClassifier(ClassifierMixin, BaseEstimator):
         return self._take_classes(xp.argmax(self._proba(X, xp), axis=1), xp)
 
     def predict_proba(self, X: Any) -> Any:
+        """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``; in
+        the library, device and floating dtype of the training data."""
         X, xp = self._predict_inputs(X, "predict_proba")
         return self._proba(X, xp)
 
@@ -169,8 +171,45 @@ class SoftmaxClassifier(_ArrayAPIClassifier):
     Attributes
     ----------
     coef_ : array, shape (n_classes, n_features)
+        In the library and on the device of the training data, in its floating dtype.
     intercept_ : array, shape (n_classes,)
-    classes_, n_features_in_, n_iter_, loss_curve_ (mean loss of each epoch, Python floats)
+    classes_ : array, shape (n_classes,)
+        The sorted class labels, in the library and dtype of ``y``.
+    n_features_in_ : int
+    n_iter_ : int
+        Epochs run.
+    loss_curve_ : list of float
+        The mean loss of each epoch.
+
+    See Also
+    --------
+    softdist.softmax_loss : the loss and gradients each step uses.
+    sklearn.linear_model.LogisticRegression : scikit-learn's (NumPy) multinomial logistic regression.
+
+    Notes
+    -----
+    Fit it on PyTorch, JAX, CuPy or array-api-strict arrays and the fitted attributes and predictions
+    stay in that library and on that device, equal to the NumPy fit with the same ``random_state`` (the
+    minibatch order is drawn on the host). A method given arrays of another library than ``fit`` raises
+    scikit-learn's "must use the same namespace" ValueError. Passes scikit-learn's
+    ``parametrize_with_checks``. Warns with ``ConvergenceWarning`` when ``max_iter`` epochs end before
+    the loss stops improving.
+
+    References
+    ----------
+    .. [1] D. P. Kingma and J. Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+    .. [2] Y. Nesterov, "A method for solving the convex programming problem with convergence rate
+       O(1/k^2)", *Soviet Mathematics Doklady* 27, 372-376, 1983 (the momentum variant).
+
+    Examples
+    --------
+    >>> import numpy as np, softdist
+    >>> X, y = np.array([[0.0], [1.0], [10.0], [11.0]]), np.array([0, 0, 1, 1])
+    >>> clf = softdist.SoftmaxClassifier(learning_rate=0.1, random_state=0).fit(X, y)
+    >>> clf.predict(np.array([[0.5], [10.5]]))
+    array([0, 1])
+    >>> clf.coef_.shape, clf.score(X, y)
+    ((2, 1), 1.0)
     """
 
     _parameter_constraints: dict = {  # noqa: RUF012 - scikit-learn's convention
@@ -208,6 +247,8 @@ class SoftmaxClassifier(_ArrayAPIClassifier):
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any) -> SoftmaxClassifier:
+        """Train on X (n_samples, n_features) and labels y (n_samples,) of any array API library;
+        returns self."""
         self._validate_params()
         X, y_idx, xp = self._fit_inputs(X, y)
         n, d = X.shape
@@ -270,6 +311,7 @@ class SoftmaxClassifier(_ArrayAPIClassifier):
         return e / xp.sum(e, axis=1, keepdims=True)
 
     def predict_log_proba(self, X: Any) -> Any:
+        """The logarithm of :meth:`predict_proba`."""
         X, xp = self._predict_inputs(X, "predict_log_proba")
         return xp.log(self._proba(X, xp))
 
@@ -286,6 +328,39 @@ class KNeighborsClassifier(_ArrayAPIClassifier):
     working_memory : int, optional
         Bytes of distance tiles at a time (see :func:`softdist.knn`); memory never grows with
         n_queries x n_samples_fit.
+
+    Attributes
+    ----------
+    classes_ : array, shape (n_classes,)
+        The sorted class labels, in the library and dtype of ``y``.
+    n_features_in_ : int
+
+    See Also
+    --------
+    softdist.knn : the exact neighbours this classifier votes with.
+    sklearn.neighbors.KNeighborsClassifier : scikit-learn's (NumPy) classifier.
+
+    Notes
+    -----
+    Neighbours are exact and ties go to the lower training index on every backend (:func:`softdist.knn`);
+    predictions stay in the training data's library and on its device. Passes scikit-learn's
+    ``parametrize_with_checks``.
+
+    References
+    ----------
+    .. [1] T. M. Cover and P. E. Hart, "Nearest neighbor pattern classification", *IEEE Transactions on
+       Information Theory* 13(1), 21-27, 1967.
+
+    Examples
+    --------
+    >>> import numpy as np, softdist
+    >>> X, y = np.array([[0.0], [1.0], [10.0], [11.0]]), np.array([0, 0, 1, 1])
+    >>> knn = softdist.KNeighborsClassifier(n_neighbors=2).fit(X, y)
+    >>> knn.predict(np.array([[0.5], [10.5]]))
+    array([0, 1])
+    >>> knn.predict_proba(np.array([[0.5], [6.0]]))
+    array([[1. , 0. ],
+           [0.5, 0.5]])
     """
 
     _parameter_constraints: dict = {  # noqa: RUF012 - scikit-learn's convention
@@ -302,6 +377,8 @@ class KNeighborsClassifier(_ArrayAPIClassifier):
         self.working_memory = working_memory
 
     def fit(self, X: Any, y: Any) -> KNeighborsClassifier:
+        """Store X (n_samples, n_features) and labels y (n_samples,) of any array API library; returns
+        self."""
         self._validate_params()
         self._fit_X, self._fit_y, _ = self._fit_inputs(X, y)
         return self

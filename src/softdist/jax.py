@@ -2,7 +2,8 @@
 
 The tangent rule is linear in the tangents (``sum(dloss/dlogits * dlogits)``), so ``jax.grad``,
 ``jax.jvp``, ``jax.jacfwd``, ``jax.jacrev``, ``jax.hessian``, ``jax.jit`` and ``jax.vmap`` all work:
-reverse mode transposes the rule, higher orders differentiate the gradient formula itself.
+reverse mode transposes the rule, higher orders differentiate the gradient formula itself. The fused
+linear head (:func:`linear_cross_entropy`) has such a rule too. Importing it imports JAX::
 
     import softdist.jax
     loss = softdist.jax.softmax_cross_entropy(logits, labels, label_smoothing=0.1)
@@ -86,6 +87,43 @@ def softmax_cross_entropy(
     gradient is ``-log_softmax(logits)`` scaled as the loss); weights are treated as constants (their
     tangents are ignored). Any batch shape, the classes on ``axis`` (-1, as in optax). Same options and
     conventions as :func:`softdist.softmax_cross_entropy`.
+
+    Parameters
+    ----------
+    logits : jax.Array, any shape with the classes along ``axis``
+    labels : jax.Array
+        Integer class indices of the batch shape (the logits' shape without ``axis``), or floating soft
+        targets of the logits' shape.
+    reduction, sample_weight, class_weight, label_smoothing, ignore_index, axis
+        As for :func:`softdist.softmax_cross_entropy`.
+
+    Returns
+    -------
+    jax.Array
+        0-D for "mean"/"sum", the batch shape for "none".
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`softdist.softmax_cross_entropy` raises them (under ``jax.jit``, invalid label values
+        give NaN rows instead of a ValueError).
+
+    See Also
+    --------
+    softdist.softmax_cross_entropy : the options, the numerics and the references.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpy as np, softdist.jax
+    >>> logits = jnp.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> labels = jnp.array([0, 1])
+    >>> round(float(softdist.jax.softmax_cross_entropy(logits, labels)), 4)
+    0.3185
+    >>> print(np.asarray(jax.grad(softdist.jax.softmax_cross_entropy)(logits, labels)).round(4))
+    [[-0.1705  0.1212  0.0493]
+     [ 0.0543 -0.0988  0.0445]]
+    >>> jax.jit(jax.hessian(softdist.jax.softmax_cross_entropy))(logits, labels).shape
+    (2, 3, 2, 3)
     """
     return _cross_entropy(
         logits, labels, sample_weight, class_weight, reduction, float(label_smoothing), ignore_index, axis
@@ -146,6 +184,28 @@ def linear_cross_entropy(
     ``jacfwd`` and Hessian-vector products work, and reverse mode keeps only dX, dW and dbias as
     residuals (no (N, C) array). Labels and weights are constants. ``reduction="none"`` differentiates the
     chunked computation itself (its reverse mode stores each chunk's intermediates).
+
+    Parameters
+    ----------
+    X : jax.Array, shape (N, D)
+    W : jax.Array, shape (C, D)
+    labels : jax.Array, shape (N,) or (N, C)
+    bias, reduction, sample_weight, class_weight, label_smoothing, ignore_index, z_loss, softcap, chunk_size
+        As for :func:`softdist.linear_cross_entropy`.
+
+    Returns
+    -------
+    jax.Array
+        0-D, or (N,) for ``reduction="none"``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`softdist.linear_cross_entropy` raises them.
+
+    See Also
+    --------
+    softdist.linear_cross_entropy_and_grad : the algorithm and its references.
 
     Examples
     --------

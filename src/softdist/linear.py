@@ -124,12 +124,16 @@ _RAISES = """
 _REFERENCES = """
     References
     ----------
-    .. [1] E. Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", ICLR 2025
-       (the chunked head that never materialises the logits).
-    .. [2] A. Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", JMLR 2023 (z-loss).
-    .. [3] Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size", 2024 (logit
+    .. [1] E. Wijmans, B. Huval, A. Hertzberg, V. Koltun and P. Krähenbühl, "Cut Your Losses in
+       Large-Vocabulary Language Models", ICLR 2025 (a cross-entropy head that never materialises the
+       logits).
+    .. [2] P.-L. Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", 2024, and its
+       fused linear cross-entropy: chunks of rows whose gradients are computed in the forward pass,
+       as here.
+    .. [3] A. Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", JMLR 2023 (z-loss).
+    .. [4] Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size", 2024 (logit
        soft-capping).
-    .. [4] ``torch.nn.functional.linear_cross_entropy`` (PyTorch 2.13), whose layout and conventions this
+    .. [5] ``torch.nn.functional.linear_cross_entropy`` (PyTorch 2.13), whose layout and conventions this
        follows.
 """
 
@@ -229,6 +233,16 @@ linear_cross_entropy_and_grad.__doc__ = f"""The loss of :func:`linear_cross_entr
     --------
     linear_cross_entropy : the loss alone (a third of the work).
     softdist.torch.linear_cross_entropy, softdist.jax.linear_cross_entropy : autodiff integrations.
+
+    Notes
+    -----
+    For each chunk c of rows the logits ``Z_c = X_c @ W.T + bias`` go through the softmax kernel of
+    :func:`softdist.softmax_cross_entropy` (the shifted log-sum-exp), which turns them in place into
+    the logits' gradient ``G_c``; then ``dX_c = G_c @ W``, ``dW += G_c.T @ X_c`` and
+    ``dbias += sum(G_c, axis=0)``, and the chunk is dropped. ``softcap`` s maps ``z -> s tanh(z / s)``
+    and multiplies ``G`` by ``1 - tanh(z / s)**2``; ``z_loss`` adds ``2 z_loss w_i lse_i softmax(z_i)``
+    to ``G``. The work is the three matrix products of the unfused head, ``X W^T``, ``G W`` and
+    ``G^T X`` (the loss alone: the first), and the memory one chunk of logits instead of N x C [1]_ [2]_.
     {_REFERENCES}
     Examples
     --------

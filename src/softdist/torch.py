@@ -1,6 +1,7 @@
 """PyTorch integration: softmax cross-entropy as an autograd Function whose backward is softdist's
 analytic gradient (computed in the forward pass, one multiply in the backward), and an ``nn.Module``
-mirroring ``nn.CrossEntropyLoss``.
+mirroring ``nn.CrossEntropyLoss``; the fused linear head (:func:`linear_cross_entropy`,
+:class:`LinearCrossEntropy`) the same way. Importing it imports torch::
 
     import softdist.torch
     loss_fn = softdist.torch.SoftmaxCrossEntropy(label_smoothing=0.1)
@@ -158,7 +159,51 @@ def softmax_cross_entropy(
     double backward, forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``), ``torch.func.grad`` /
     ``vmap`` and ``torch.compile`` (which runs it as one opaque call). Known gap: forward over forward
     (``jacfwd(jacfwd(f))``) is wrong — the gradient saved by the forward pass has no tangent at the outer
-    level; ``hessian`` (``jacfwd(jacrev)``), ``jacrev(jacfwd)`` and ``jacrev(jacrev)`` are exact."""
+    level; ``hessian`` (``jacfwd(jacrev)``), ``jacrev(jacfwd)`` and ``jacrev(jacrev)`` are exact.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (N, C), (N, C, d1, ..., dK) or (C,)
+        Floating scores, classes on axis 1 (axis 0 unbatched), on any device.
+    labels : torch.Tensor
+        Integer class indices of shape (N,), (N, d1, ..., dK) or (), or floating class probabilities of
+        the logits' shape.
+    reduction : {"mean", "sum", "none"}
+    sample_weight : torch.Tensor, optional
+        Per-row weights of the batch shape (not in PyTorch).
+    class_weight : torch.Tensor, shape (C,), optional
+        PyTorch's ``weight``.
+    label_smoothing : float in [0, 1]
+    ignore_index : int, optional
+        Default None: no label is ignored (PyTorch's default is -100).
+
+    Returns
+    -------
+    torch.Tensor
+        0-D for "mean"/"sum", the batch shape for "none", in the logits' dtype and on their device.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`softdist.softmax_cross_entropy` raises them.
+
+    See Also
+    --------
+    SoftmaxCrossEntropy : the same as an ``nn.Module``.
+    softdist.softmax_cross_entropy : the options, the numerics and the references.
+
+    Examples
+    --------
+    >>> import torch, softdist.torch
+    >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], requires_grad=True)
+    >>> loss = softdist.torch.softmax_cross_entropy(logits, torch.tensor([0, 1]))
+    >>> loss.backward()
+    >>> round(loss.item(), 4)
+    0.3185
+    >>> logits.grad.round(decimals=4)
+    tensor([[-0.1705,  0.1212,  0.0493],
+            [ 0.0543, -0.0988,  0.0445]])
+    """
     options = _Options(reduction, label_smoothing, ignore_index, 0 if logits.ndim == 1 else 1)
     return _apply(logits, labels, sample_weight, class_weight, options)
 
@@ -176,7 +221,30 @@ class SoftmaxCrossEntropy(torch.nn.Module):
 
     Same arguments as ``nn.CrossEntropyLoss`` (``weight`` is a buffer: it follows ``.to(device)``), except
     that ``ignore_index`` defaults to None (no label ignored) rather than -100; ``forward`` also takes
-    per-row ``sample_weight``. See the README's table of differences from PyTorch.
+    per-row ``sample_weight``. The differences from PyTorch are tabled in the documentation's numerics
+    page.
+
+    Parameters
+    ----------
+    weight : torch.Tensor, shape (C,), optional
+        Class weights.
+    ignore_index : int, optional
+        Default None: no label is ignored.
+    reduction : {"mean", "sum", "none"}
+    label_smoothing : float in [0, 1]
+
+    See Also
+    --------
+    softmax_cross_entropy : the functional form, with the shapes.
+
+    Examples
+    --------
+    >>> import torch, softdist.torch
+    >>> loss_fn = softdist.torch.SoftmaxCrossEntropy(label_smoothing=0.1)
+    >>> logits, labels = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]]), torch.tensor([0, 1])
+    >>> bool(torch.isclose(loss_fn(logits, labels),
+    ...                    torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)))
+    True
     """
 
     weight: torch.Tensor | None
@@ -321,6 +389,36 @@ def linear_cross_entropy(
     double backward, ``torch.func.grad`` and ``torch.compile`` (one graph break) work. Under
     ``torch.no_grad()`` (or when nothing requires a gradient) only the loss is computed.
 
+    Parameters
+    ----------
+    input : torch.Tensor, shape (N, D)
+        Hidden states.
+    linear_weight : torch.Tensor, shape (C, D)
+        The output layer's weight (``nn.Linear.weight``).
+    target : torch.Tensor, shape (N,) or (N, C)
+        Class indices or class probabilities.
+    linear_bias : torch.Tensor, shape (C,), optional
+    weight : torch.Tensor, shape (C,), optional
+        Class weights.
+    reduction, ignore_index, label_smoothing, sample_weight, z_loss, softcap, chunk_size
+        As for :func:`softdist.linear_cross_entropy` (``sample_weight``, ``z_loss`` and ``softcap`` are
+        not in PyTorch).
+
+    Returns
+    -------
+    torch.Tensor
+        0-D, or (N,) for ``reduction="none"``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`softdist.linear_cross_entropy` raises them.
+
+    See Also
+    --------
+    LinearCrossEntropy : the same as an ``nn.Module``.
+    softdist.linear_cross_entropy_and_grad : the algorithm and its references.
+
     Examples
     --------
     >>> import torch, softdist.torch
@@ -350,7 +448,20 @@ class LinearCrossEntropy(torch.nn.Module):
     """The fused output layer's loss as a module holding the options (``weight``, the class weights, is a
     buffer); ``forward(input, linear_weight, target, linear_bias=None, sample_weight=None)``.
 
-    Example: ``LinearCrossEntropy(z_loss=1e-4)(hidden, head.weight, labels, head.bias)``.
+    Parameters
+    ----------
+    weight, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size
+        As for :func:`linear_cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch, softdist.torch
+    >>> head = torch.nn.Linear(16, 100)
+    >>> loss_fn = softdist.torch.LinearCrossEntropy(z_loss=1e-4)
+    >>> loss = loss_fn(torch.randn(32, 16), head.weight, torch.randint(0, 100, (32,)), head.bias)
+    >>> loss.backward()
+    >>> head.bias.grad.shape
+    torch.Size([100])
     """
 
     weight: torch.Tensor | None
