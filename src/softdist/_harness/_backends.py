@@ -205,6 +205,8 @@ GPU_BACKENDS = tuple(b for b in BACKENDS if b.needs_gpu)
 
 
 def backend_by_name(name: str) -> Backend:
+    """The :class:`Backend` called ``name`` (``"numpy"``, ``"torch-cpu"``, ...); ValueError listing the
+    names otherwise."""
     for b in BACKENDS:
         if b.name == name:
             return b

@@ -15,7 +15,27 @@ def _as_numpy_float(x: np.ndarray) -> np.ndarray:
 
 
 def reference_sqdist(A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
-    """Exact-as-possible squared distances: ``sum((A_i - B_j)**2)`` in long double, returned as float64."""
+    """Exact-as-possible squared distances: ``sum((A_i - B_j)**2)`` in long double, returned as float64.
+
+    Parameters
+    ----------
+    A : numpy.ndarray, shape (n, d)
+    B : numpy.ndarray, shape (m, d), optional
+        ``None`` means A against itself.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, m), float64
+        Explicit differences, never the norm expansion, in bounded-memory row blocks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from softdist.testing import reference_sqdist
+    >>> reference_sqdist(np.array([[1e4, 0.0], [1e4 + 1, 0.0]], dtype=np.float32))
+    array([[0., 1.],
+           [1., 0.]])
+    """
     A_ = _as_numpy_float(A)
     B_ = A_ if B is None else _as_numpy_float(B)
     out = np.empty((A_.shape[0], B_.shape[0]), dtype=np.float64)
@@ -27,6 +47,7 @@ def reference_sqdist(A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
 
 
 def reference_distances(A: np.ndarray, B: np.ndarray | None = None) -> np.ndarray:
+    """``sqrt`` of :func:`reference_sqdist`: Euclidean distances, float64, shape (n, m)."""
     return np.sqrt(reference_sqdist(A, B))
 
 
@@ -37,6 +58,24 @@ def hard_datasets(
 
     Centred Gaussian data; a common offset of 1e3 and 1e5; raw pixel values 0-255; near-duplicates and
     exact duplicates at magnitude 1e4; tight clusters far apart from each other.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    n, m, d : int
+        Rows of A, rows of B, columns of both.
+
+    Returns
+    -------
+    dict of str to (A, B)
+        A of shape (n, d), B of shape (m, d), float64, keyed by the data set's name.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from softdist.testing import hard_datasets
+    >>> sorted(hard_datasets(np.random.default_rng(0), n=4, m=3, d=2))
+    ['centred', 'near-duplicates-1e4', 'offset-1e+03', 'offset-1e+05', 'pixels-0-255', 'tight-clusters']
     """
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out["centred"] = (rng.standard_normal((n, d)), rng.standard_normal((m, d)))
@@ -76,6 +115,27 @@ def reference_cross_entropy(
     Targets are spelled out as a dense (N, C) matrix T (one-hot or soft, smoothed, class-weighted);
     row loss = -sum_c T_ic log p_ic, gradient = sum_c T_ic (p_i - e_c). PyTorch's reduction rules; an
     all-ignored batch gives 0. Rows whose logits are all -inf give 0.
+
+    Parameters
+    ----------
+    logits : numpy.ndarray, shape (N, C)
+    labels : numpy.ndarray, shape (N,) or (N, C)
+        Class indices or soft targets.
+    reduction, sample_weight, class_weight, label_smoothing, ignore_index
+        As for :func:`softdist.softmax_cross_entropy`.
+
+    Returns
+    -------
+    loss : numpy.float64 or numpy.ndarray, shape (N,)
+    grad : numpy.ndarray, shape (N, C), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from softdist.testing import reference_cross_entropy
+    >>> loss, grad = reference_cross_entropy(np.zeros((1, 2)), np.array([0]))
+    >>> round(float(loss), 6), grad.tolist()
+    (0.693147, [[-0.5, 0.5]])
     """
     z = np.asarray(logits, dtype=np.longdouble)
     n, c = z.shape
@@ -115,7 +175,8 @@ def reference_cross_entropy(
 def reference_softmax_loss(
     W: np.ndarray, X: np.ndarray, y: np.ndarray, *, reg: float = 0.0, b: np.ndarray | None = None, **options
 ) -> tuple[np.ndarray, ...]:
-    """(loss, dW[, db]) of the linear model from :func:`reference_cross_entropy` and the chain rule."""
+    """(loss, dW[, db]) of the linear model ``X @ W + b`` from :func:`reference_cross_entropy` and the
+    chain rule, in long double, returned as float64; the arguments as for :func:`softdist.softmax_loss`."""
     W_, X_ = np.asarray(W, dtype=np.longdouble), np.asarray(X, dtype=np.longdouble)
     scores = X_ @ W_ + (0 if b is None else np.asarray(b, dtype=np.longdouble))
     loss, G = reference_cross_entropy(scores, y, **options)
