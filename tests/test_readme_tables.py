@@ -4,6 +4,7 @@ generates from the committed results: they can never drift from benchmarks/resul
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -53,3 +54,16 @@ def test_check_mode_reports_stale_text(tables, tmp_path, monkeypatch):
     assert tables.main([]) == 0
     assert "| knn |" in stale.read_text()
     assert tables.main(["--check"]) == 0
+
+
+def test_runs_of_one_case_each_are_combined(tables, tmp_path, monkeypatch):
+    """A folder of per-case runs (benchmarks/results/gpu/<case>/bench.json) gives one table of them all."""
+    run = json.loads((tables.RESULTS / "cpu" / "bench.json").read_text())
+    for case in ("knn", "softmax_loss"):
+        (tmp_path / "gpu" / case).mkdir(parents=True)
+        rows = [r for r in run["rows"] if r["case"] == case]
+        (tmp_path / "gpu" / case / "bench.json").write_text(json.dumps(run | {"rows": rows}))
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    text = tables.tables("gpu", ["float32"])
+    assert "2 runs under" in text and "`gpu/knn/bench.json`" in text
+    assert "| knn |" in text and "| softmax_loss |" in text and "| pairwise_sqdist |" not in text
