@@ -67,7 +67,7 @@ def bench(session: nox.Session) -> None:
     """`softdist bench` on every CPU backend; pass options after --, e.g. `nox -s bench -- --quick`."""
     session.install(TORCH_CPU)
     session.install("-e", ".[bench,torch,jax,dask]", "optax", "faiss-cpu")
-    session.run("softdist", "bench", *(session.posargs or ["--out", "benchmarks/results/cpu"]))
+    session.run("softdist", "bench", *(session.posargs or ["--out", "bench-results"]))
 
 
 @nox.session
