@@ -207,6 +207,15 @@ def single_threaded_products(xp: Any) -> Iterator[bool]:
                 state["restore"] = None
 
 
+def _one_thread_here(xp: Any) -> None:
+    """torch's CPU thread count is per calling thread under OpenMP: a new worker thread starts with
+    every core, so it is set again there (the caller's setting is restored by the last user)."""
+    if is_torch_namespace(xp):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def knn_tile_map(xp: Any) -> _neighbors.TileMap | None:
     """``tile_map`` for :func:`softdist._agnostic.neighbors.knn_pruned`: query tiles on a thread per core
     with single-threaded products; None (in order) on one core."""
@@ -220,7 +229,9 @@ def knn_tile_map(xp: Any) -> _neighbors.TileMap | None:
         with single_threaded_products(xp) as limited:
             if not limited:
                 return [fn(q0) for q0 in starts]
-            with concurrent.futures.ThreadPoolExecutor(min(workers, len(starts))) as pool:
+            with concurrent.futures.ThreadPoolExecutor(
+                min(workers, len(starts)), initializer=_one_thread_here, initargs=(xp,)
+            ) as pool:
                 return list(pool.map(fn, starts))
 
     return tile_map
