@@ -239,3 +239,81 @@ def test_eager_linear_workspace_equals_generic(library, options, rng, monkeypatc
         results.append(softdist.linear_cross_entropy_and_grad(X, W, y, bias=b, chunk_size=16, **options))
     for fast, slow in zip(*results, strict=True):
         np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("library", ["numpy", "strict", "torch"])
+@pytest.mark.parametrize("layout", ["shuffled", "sorted", "clustered"])
+def test_knn_pruned_subtiles_sample_and_threads(library, layout, rng, monkeypatch):
+    """The pruned path with several sub-tiles per tile (runs merged in the candidate pool), a spread
+    sample smaller than a tile, and query tiles on threads (NumPy, torch) gives the generic path's bits,
+    on shuffled, sorted and clustered data with duplicates and non-finite rows."""
+    from softdist import _config
+    from softdist._agnostic import neighbors as gn
+    from softdist.testing import backend_by_name
+
+    name = {"torch": "torch-cpu"}.get(library, library)
+    backend = backend_by_name(name)
+    if backend.skip_reason():
+        pytest.skip(backend.skip_reason())
+    Q, X = _knn_data(rng)
+    X = np.concatenate([X, rng.standard_normal((170, 5)) * 0.01 + rng.integers(0, 4, (170, 1))])
+    if layout == "sorted":
+        X = X[np.argsort(X[:, 0], kind="stable")]
+    elif layout == "clustered":
+        X = X[np.argsort(np.round(X[:, 1]), kind="stable")]
+    monkeypatch.setattr(_config, "KNN_SUBTILE_ENTRIES", 16 * 7)  # 7-column sub-tiles of 16-row tiles
+    monkeypatch.setattr(_config, "KNN_SAMPLE_COLUMNS", 13)
+    monkeypatch.setattr(_config, "KNN_POOL_UPDATE_PER_ROW", 1)  # the bound also tightens between sub-tiles
+    filled = []  # rows that fell back to a full pass: only queries with a NaN or inf may
+
+    def spy(Qt, *args, **kwargs):
+        filled.append(int(np.sum(np.all(np.isfinite(backend.to_numpy(Qt)), axis=1)
+                              & backend.to_numpy(args[3]))))  # fmt: skip
+        return fill(Qt, *args, **kwargs)
+
+    fill = gn._fill_short_rows
+    monkeypatch.setattr(gn, "_fill_short_rows", spy)
+    import array_api_compat.numpy as xnp
+
+    for Qn, Xn, exclude in ((Q, X, False), (X, X, True)):
+        options = {"k": 6, "exclude_self": exclude, "tile_rows": 16, "tile_cols": 40}
+        generic_d, generic_i = gn.knn(
+            Qn, Xn, xp=xnp, select=lambda D, c: gn.select_smallest(D, c, xp=xnp),
+            sqdist=lambda a, b: generic.pairwise_sqdist(a, b, xp=xnp), **options,
+        )  # fmt: skip
+        xp = backend.xp
+        operands = _numpy.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
+        dist, index = gn.knn_pruned(
+            backend.asarray(Qn), backend.asarray(Xn), xp=xp, operands=operands,
+            select=backend_for(xp).smallest_selector(xp), tile_map=backend_for(xp).knn_tile_map(xp),
+            **options,
+        )  # fmt: skip
+        np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
+        assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
+    assert sum(filled) == 0
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_single_threaded_products_nest_and_restore(library):
+    """knn's thread-per-core paths hold BLAS / torch at one thread while any user is inside, and the
+    last one out restores the caller's setting (Dask blocks enter and leave in any order)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    lib = pytest.importorskip(library)
+    from array_api_compat import array_namespace
+
+    xp = array_namespace(lib.asarray([1.0]))
+
+    def threads() -> list[int]:
+        if library == "torch":
+            return [lib.get_num_threads()]
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = threads()
+    outer = _cpu.single_threaded_products(xp)
+    inner = _cpu.single_threaded_products(xp)
+    assert outer.__enter__() is True
+    assert inner.__enter__() is True
+    outer.__exit__(None, None, None)  # the first in leaves first
+    assert set(threads()) <= {1}
+    inner.__exit__(None, None, None)
+    assert threads() == before

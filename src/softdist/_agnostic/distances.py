@@ -172,11 +172,14 @@ def exact_sqdist_rows(
     return xp.where(nan, xp.nan, xp.where(inf, xp.inf, total))
 
 
-def direct_sqdist_pairs(A: Any, B: Any, rows: Any, cols: Any, *, xp: Any, **shortcuts: bool) -> Any:
+def direct_sqdist_pairs(
+    A: Any, B: Any, rows: Any, cols: Any, *, xp: Any, chunk_elements: int | None = None, **shortcuts: bool
+) -> Any:
     """Exact squared distances of the pairs (A[rows], B[cols]) (:func:`exact_sqdist_rows`, which takes
-    the ``shortcuts``), in chunks that bound the temporary memory."""
+    the ``shortcuts``), in chunks of ``chunk_elements`` (default DIRECT_CHUNK_ELEMENTS) that bound the
+    temporary memory; each pair is computed alone, so the chunking changes no bit."""
     n_pairs = rows.shape[0]
-    step = max(1, _config.DIRECT_CHUNK_ELEMENTS // max(A.shape[1], 1))
+    step = max(1, (chunk_elements or _config.DIRECT_CHUNK_ELEMENTS) // max(A.shape[1], 1))
     parts = []
     for start in range(0, n_pairs, step):
         stop = min(start + step, n_pairs)

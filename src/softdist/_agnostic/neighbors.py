@@ -148,8 +148,20 @@ def _stack_rows(parts: list[Any], *, xp: Any) -> Any:
 
 # -- eager backends: prune each tile against the current k-th best ---------------------------------------
 # Bound of the centred expansion against the exact distance (README, "Accuracy of the distances"):
-# |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 + |x - mean|^2),
-# with EXPANSION_BOUND and the first tile's width (KNN_FIRST_TILE_COLUMNS) in softdist._config.
+# |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 + |x - mean|^2), with
+# EXPANSION_BOUND, the spread sample's size, the sub-tile size, when the bound tightens inside a tile and
+# the exact distances' chunk size in softdist._config (KNN_*).
+TileMap = Callable[[Callable[[int], Any], list[int]], list[Any]]
+
+
+def spread_sample(m: int, count: int) -> list[int]:
+    """Up to ``count`` distinct row numbers spread over range(m), sorted: the golden-ratio (Weyl)
+    sequence, so sorted or clustered input contributes rows from everywhere, with no period a data
+    layout could line up with (a fixed stride could)."""
+    if count >= m:
+        return list(range(m))
+    step = (5**0.5 - 1) / 2
+    return sorted({int(((i * step) % 1.0) * m) for i in range(count)})
 
 
 def knn_pruned(
@@ -165,20 +177,27 @@ def knn_pruned(
     select: Select,
     row_offset: int = 0,
     col_offset: int = 0,
+    tile_map: TileMap | None = None,
 ) -> tuple[Any, Any]:
     """Same result as :func:`knn` for eager backends, without a top-k selection on every tile.
 
-    The first KNN_FIRST_TILE_COLUMNS references give each query an upper bound tau on its k-th distance
-    (exact values of a top-2k selection). Every tile then keeps only the entries whose expansion value is
-    within the expansion's error bound of the current tau — no true neighbour and no tie is ever dropped
-    — and recomputes just those exactly. After the first tiles almost nothing passes: one comparison pass
-    per tile instead of a selection. ``row_offset``/``col_offset`` place Q and X in a larger problem (Dask
-    blocks): they decide which entry is a query's own row, and are added to the returned indices.
+    Everything is decided on the centred expansion E, whose error against the exact distance is at
+    most b (per query row, EXPANSION_BOUND), and only the final candidates are computed exactly. If
+    E_k is a query's k-th smallest expansion value over any subset of the references, every true
+    neighbour (ties included) has E <= E_k + 2b. A spread sample of KNN_SAMPLE_COLUMNS references gives a
+    first E_k; every tile then keeps only the entries under the current E_k + 2b (one comparison pass
+    and a compaction, no selection), and E_k tightens from the kept entries. At the end the kept
+    entries within 2b of the final E_k (about k per query) get exact distances and are ranked by
+    (distance, index). ``row_offset``/``col_offset`` place Q and X in a larger problem (Dask blocks):
+    they decide which entry is a query's own row, and are added to the returned indices. ``tile_map(fn,
+    starts)`` returns ``[fn(q0) for q0 in starts]`` (query tiles are independent: a backend may run
+    them in threads).
     """
     nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
-    # The expansion (for pruning only) runs on finite rows at a power-of-two scale that cannot overflow;
-    # rows with a NaN or inf get a NaN norm, so no expansion entry of theirs passes a threshold, and
-    # their exact values are filled in at the end. Exact values come from the caller's floats.
+    dev = device(Q)
+    # The expansion runs on finite rows at a power-of-two scale that cannot overflow; rows with a NaN
+    # or inf get a NaN norm, so no expansion entry of theirs passes a threshold, and their exact values
+    # are filled in at the end. Exact values come from the caller's floats.
     scale = float(overflow_scale(X, Q, xp=xp))  # eager path: one host read
     in_range = scale == 1.0  # magnitudes within a quarter of the threshold: no pair needs scaling down
     good_q, good_x = finite_rows(Q, xp=xp), finite_rows(X, xp=xp)
@@ -191,57 +210,128 @@ def knn_pruned(
     X_aug = xp.concat([X_aug[:, : d + 1], rx[:, None]], axis=1)
     eps = xp.finfo(Q.dtype).eps
     rx_max = xp.max(xp.where(good_x, rx, 0.0))
-    bound = _config.EXPANSION_BOUND * eps * (d + 2) ** 0.5 * (rq + rx_max)
-    first = min(m, max(2 * k, _config.KNN_FIRST_TILE_COLUMNS))
-    index_dtype = default_dtype(xp, "indexing", device=device(Q))
-    out_d, out_i = [], []
-    for q0 in range(0, nq, tile_rows):
+    window = 2.0 * _config.EXPANSION_BOUND * eps * (d + 2) ** 0.5 * (rq + rx_max)  # 2b, NaN for a bad query
+    index_dtype = default_dtype(xp, "indexing", device=dev)
+    # At most a sixteenth of the references: the sample's product is extra work (Dask blocks are narrow).
+    n_sample = max(2 * k, min(_config.KNN_SAMPLE_COLUMNS, m // 16))
+    sample = xp.asarray(spread_sample(m, n_sample), dtype=index_dtype, device=dev)
+    sample_t = xp.matrix_transpose(xp.take(X_aug, sample, axis=0))
+    X_t = xp.matrix_transpose(X_aug)
+    # Sub-tiles of about a megabyte stay in cache between the product and the comparison that reads it
+    # back (single-thread NumPy, 512 x 50000 x 66 float32: 47 ms in 8192-column tiles, 42 ms in 512).
+    sub = max(1, min(tile_cols, _config.KNN_SUBTILE_ENTRIES // tile_rows))
+
+    def query_tile(q0: int) -> tuple[Any, Any]:
         q1 = min(q0 + tile_rows, nq)
-        Qt, Qa = Q[q0:q1, ...], Q_aug[q0:q1, ...]
-
-        def expansion(j0: int, j1: int, Qa: Any = Qa) -> Any:  # tile values from the shared operands
-            return Qa @ xp.matrix_transpose(X_aug[j0:j1, ...])
-
-        seed_d, _ = tile_neighbours(
-            Qt, X[:first, ...], q0 + row_offset, col_offset, k=k, exclude_self=exclude_self, xp=xp,
-            select=select, sqdist=lambda a, b: expansion(0, first),
-        )  # fmt: skip
-        seed_tau = (
-            seed_d[:, -1]
-            if seed_d.shape[1] == k
-            else xp.full(q1 - q0, xp.inf, dtype=Q.dtype, device=device(Q))
-        )
-        seed_tau = xp.where(xp.isnan(seed_tau), xp.inf, seed_tau)
-        best_d = xp.full((q1 - q0, k), xp.inf, dtype=Q.dtype, device=device(Q))
-        best_i = xp.full((q1 - q0, k), -1, dtype=index_dtype, device=device(Q))
-        for j0 in range(0, m, tile_cols):
-            j1 = min(j0 + tile_cols, m)
-            D = expansion(j0, j1)
-            limit = xp.minimum(seed_tau, best_d[:, -1]) * scale * scale + bound[q0:q1]
-            keep = D <= limit[:, None]
-            own = (
-                own_entries(q1 - q0, j1 - j0, q0 + row_offset, j0 + col_offset, xp=xp, dev=device(D))
-                if exclude_self
-                else None
-            )
-            if own is not None:
-                keep = keep & ~own
-            # 1-D nonzero: NumPy's 2-D nonzero is ~10x slower per entry (13 ms vs 1.3 ms a 512 x 8192 tile).
-            (flat,) = xp.nonzero(xp.reshape(keep, (-1,)))
-            if flat.shape[0] == 0:
-                continue
-            r, c = flat // (j1 - j0), xp.astype(flat % (j1 - j0), index_dtype) + j0
-            # kept entries are between finite rows (others have NaN expansion values)
-            exact = direct_sqdist_pairs(Qt, X, r, c, xp=xp, finite=True, in_range=in_range, eager=True)
-            best_d, best_i = _merge_ragged(best_d, best_i, r, exact, c + col_offset, xp=xp)
+        Qa = Q_aug[q0:q1, ...]
+        kth = _sample_kth(Qa @ sample_t, sample, k, q0 + row_offset, col_offset if exclude_self else None,
+                          xp=xp, select=select)  # fmt: skip
+        pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, select=select)
+        for j0 in range(0, m, tile_cols):  # the bound tightens once per tile
+            limit = pool.limit()[:, None]
+            found, count = [], 0
+            for s0 in range(j0, min(j0 + tile_cols, m), sub):
+                s1 = min(s0 + sub, j0 + tile_cols, m)
+                D = Qa @ X_t[:, s0:s1]
+                keep = D <= limit
+                if exclude_self:
+                    own = own_entries(q1 - q0, s1 - s0, q0 + row_offset, s0 + col_offset, xp=xp, dev=dev)
+                    keep = keep if own is None else keep & ~own
+                # 1-D nonzero: NumPy's 2-D nonzero is ~10x slower per entry. (Compacting the rows with
+                # a hit first measured slower, on NumPy and on torch.)
+                (flat,) = xp.nonzero(xp.reshape(keep, (-1,)))
+                if flat.shape[0] == 0:
+                    continue
+                rows, columns = flat // (s1 - s0), xp.astype(flat % (s1 - s0), index_dtype) + s0
+                found.append((rows, columns, xp.take(xp.reshape(D, (-1,)), flat)))
+                count += flat.shape[0]
+                if count > _config.KNN_POOL_UPDATE_PER_ROW * k * (
+                    q1 - q0
+                ):  # sorted input: the neighbours come at once
+                    pool.add(*(xp.concat([f[i] for f in found]) for i in range(3)))
+                    limit, found, count = pool.limit()[:, None], [], 0
+            if found:
+                pool.add(*(xp.concat([f[i] for f in found]) for i in range(3)))
+        r, c = pool.candidates()
+        # candidates are between finite rows (others have NaN expansion values)
+        exact = direct_sqdist_pairs(Q[q0:q1, ...], X, r, c, xp=xp, finite=True, in_range=in_range, eager=True,
+                                    chunk_elements=_config.KNN_EXACT_CHUNK_ELEMENTS)  # fmt: skip
+        best_d = xp.full((q1 - q0, k), xp.inf, dtype=Q.dtype, device=dev)
+        best_i = xp.full((q1 - q0, k), -1, dtype=index_dtype, device=dev)
+        best_d, best_i = _merge_ragged(best_d, best_i, r, exact, c + col_offset, xp=xp)
         short = xp.any(best_i < 0, axis=1)
         if bool(xp.any(short)):  # inf and NaN distances pass no threshold: those rows in full
             best_d, best_i = _fill_short_rows(
-                Qt, X, best_d, best_i, short, q0 + row_offset, col_offset, exclude_self, xp=xp
+                Q[q0:q1, ...], X, best_d, best_i, short, q0 + row_offset, col_offset, exclude_self, xp=xp
             )
-        out_d.append(best_d)
-        out_i.append(best_i)
-    return _stack_rows(out_d, xp=xp), _stack_rows(out_i, xp=xp)
+        return best_d, best_i
+
+    found = (tile_map or _serial_map)(query_tile, list(range(0, nq, tile_rows)))
+    return _stack_rows([f[0] for f in found], xp=xp), _stack_rows([f[1] for f in found], xp=xp)
+
+
+def _serial_map(fn: Callable[[int], Any], items: list[int]) -> list[Any]:
+    return [fn(item) for item in items]
+
+
+def _sample_kth(
+    E: Any, sample: Any, k: int, q0: int, own_offset: int | None, *, xp: Any, select: Select
+) -> Any:
+    """Each row's k-th smallest expansion value over the sample columns (own row left out when
+    ``own_offset`` is given), +inf where fewer than k are finite."""
+    if own_offset is not None:
+        rows = xp.arange(E.shape[0], device=device(E))[:, None] + q0
+        E = xp.where(rows == xp.astype(sample, rows.dtype)[None, :] + own_offset, xp.inf, E)
+    if E.shape[1] < k:
+        return xp.full(E.shape[0], xp.inf, dtype=E.dtype, device=device(E))
+    kth = xp.max(xp.take_along_axis(E, select(E, k), axis=1), axis=1)
+    return xp.where(xp.isnan(kth), xp.inf, kth)
+
+
+class _Pool:
+    """The (row, column, expansion value) entries a query tile has kept so far, ordered by row, with
+    each row's current k-th smallest expansion value ``kth``; entries beyond ``kth + window`` are
+    dropped as soon as ``kth`` tightens."""
+
+    def __init__(self, rows: int, k: int, kth: Any, window: Any, *, xp: Any, select: Select) -> None:
+        self.k, self.kth, self.window, self.xp, self.select = k, kth, window, xp, select
+        self.rows = xp.arange(rows, device=device(kth))
+        self.r: Any = None
+        self.c: Any = None
+        self.e: Any = None
+
+    def limit(self) -> Any:
+        return self.kth + self.window
+
+    def add(self, r: Any, c: Any, e: Any) -> None:
+        """New entries: a few runs, each ordered by row (as a row-major nonzero gives them)."""
+        xp = self.xp
+        r = xp.astype(r, self.rows.dtype)
+        if self.r is not None:
+            r, c, e = xp.concat([self.r, r]), xp.concat([self.c, c]), xp.concat([self.e, e])
+        order = xp.argsort(r, stable=True)  # merges the runs (a few linear passes)
+        r, c, e = xp.take(r, order), xp.take(c, order), xp.take(e, order)
+        # Each row's k-th smallest kept value: its run of entries as a padded dense row, then a
+        # selection of k (a few columns wide after the first tiles).
+        starts = xp.searchsorted(r, self.rows)
+        counts = xp.searchsorted(r, self.rows, side="right") - starts
+        width = int(xp.max(counts))  # eager path: one host read
+        if width >= self.k:
+            offsets = xp.arange(width, device=device(r), dtype=starts.dtype)
+            where = xp.reshape(xp.minimum(starts[:, None] + offsets[None, :], e.shape[0] - 1), (-1,))
+            dense = xp.reshape(xp.take(e, where), (self.rows.shape[0], width))
+            dense = xp.where(offsets[None, :] < counts[:, None], dense, xp.inf)
+            at_k = xp.max(xp.take_along_axis(dense, self.select(dense, self.k), axis=1), axis=1)
+            self.kth = xp.minimum(self.kth, at_k)
+        (kept,) = xp.nonzero(e <= xp.take(self.limit(), r))
+        self.r, self.c, self.e = xp.take(r, kept), xp.take(c, kept), xp.take(e, kept)
+
+    def candidates(self) -> tuple[Any, Any]:
+        xp = self.xp
+        if self.r is None:
+            empty = xp.zeros((0,), dtype=xp.int64, device=device(self.kth))
+            return empty, empty
+        return self.r, self.c
 
 
 def _fill_short_rows(

@@ -12,6 +12,7 @@ from .._agnostic import distances as _generic
 from .._agnostic import linear as _linear
 from .._agnostic import neighbors as _neighbors
 from .._lib._compat import array_namespace
+from ._cpu import single_threaded_products
 from ._default import Backend
 from ._numpy import NumpyBackend
 
@@ -68,11 +69,14 @@ def dask_knn(Q: Any, X: Any, *, k: int, exclude_self: bool, index_dtype: Any) ->
         select = _CHUNKS.smallest_selector(xb)
         q0, j0 = int(q0[0]), int(j0[0])
         if k < x.shape[0]:  # the eager pruned search, placed in the whole problem by the offsets
-            dist, index = _neighbors.knn_pruned(
-                q, x, k=k, exclude_self=exclude_self, tile_rows=_config.DASK_KNN_TILE_ROWS,
-                tile_cols=_config.DASK_KNN_TILE_COLUMNS, xp=xb, select=select,
-                operands=_CHUNKS.augmented_operands, row_offset=q0, col_offset=j0,
-            )  # fmt: skip
+            # Blocks already run one per scheduler thread: single-threaded products in each (2-thread
+            # BLAS in two blocks at once measured several times slower on 2 busy cores).
+            with single_threaded_products(xb):
+                dist, index = _neighbors.knn_pruned(
+                    q, x, k=k, exclude_self=exclude_self, tile_rows=_config.DASK_KNN_TILE_ROWS,
+                    tile_cols=_config.DASK_KNN_TILE_COLUMNS, xp=xb, select=select,
+                    operands=_CHUNKS.augmented_operands, row_offset=q0, col_offset=j0,
+                )  # fmt: skip
         else:  # a block narrower than k: all of it, exactly, sorted (own row last as NaN)
 
             def sqdist(a: Any, b: Any) -> Any:

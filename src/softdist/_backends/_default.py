@@ -99,6 +99,10 @@ class Backend:
         JAX select a static top-k per tile instead (no sync, static shapes)."""
         return True
 
+    def knn_tile_map(self, xp: Any) -> _neighbors.TileMap | None:
+        """How the pruned search runs its independent query tiles: None is in order, on this thread."""
+        return None
+
     def knn(
         self, Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
         sqdist: Callable[..., Any], dtype: Any, index_dtype: Any, xp: Any,
@@ -110,8 +114,9 @@ class Backend:
         with self.matmul_precision():
             if self.knn_pruning_applies(Q):
                 return _neighbors.knn_pruned(
-                    Q, X, operands=self.augmented_operands, select=select, xp=xp, **tiles
-                )
+                    Q, X, operands=self.augmented_operands, select=select, xp=xp,
+                    tile_map=self.knn_tile_map(xp), **tiles,
+                )  # fmt: skip
             sqdist = functools.partial(sqdist, dtype=dtype, xp=xp)
             return _neighbors.knn(Q, X, sqdist=sqdist, select=select, xp=xp, **tiles)
 

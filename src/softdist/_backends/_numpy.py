@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from .._agnostic import linear as _linear
+from .._agnostic import neighbors as _neighbors
 from .._agnostic import softmax as _softmax
-from ._cpu import EagerCPUWorkspace, eager_cpu_block
+from ._cpu import EagerCPUWorkspace, eager_cpu_block, knn_tile_map
 from ._default import Backend
 
 
@@ -43,6 +44,10 @@ class NumpyBackend(Backend):
     # routine array-api-extra's generic one wraps, without its NaN pass: NaN already sorts last.
     def select_smallest(self, D: Any, count: int, *, xp: Any) -> Any:
         return xp.argpartition(D, count - 1, axis=1)[:, :count]
+
+    # Query tiles on a thread per core, single-threaded products (see _cpu.knn_tile_map).
+    def knn_tile_map(self, xp: Any) -> _neighbors.TileMap | None:
+        return knn_tile_map(xp)
 
     # Eager and on the CPU: always the in-place kernel (see _cpu.eager_cpu_block: 3 passes instead of 7).
     def softmax_kernel(self, arrays: list[Any]) -> _softmax.Kernel:

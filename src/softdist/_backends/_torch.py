@@ -8,8 +8,9 @@ from typing import Any
 
 from .. import _config
 from .._agnostic import linear as _linear
+from .._agnostic import neighbors as _neighbors
 from .._agnostic import softmax as _softmax
-from ._cpu import EagerCPUWorkspace, eager_cpu_block
+from ._cpu import EagerCPUWorkspace, eager_cpu_block, knn_tile_map
 from ._default import Backend, scattering_kernel
 
 
@@ -64,6 +65,10 @@ class TorchBackend(Backend):
 
     def knn_pruning_applies(self, x: Any) -> bool:
         return x.device.type == "cpu" and not is_torch_transformed([x])
+
+    # The pruned search runs on the CPU only: query tiles on a thread per core (see _cpu.knn_tile_map).
+    def knn_tile_map(self, xp: Any) -> _neighbors.TileMap | None:
+        return knn_tile_map(xp)
 
     # The in-place CPU kernel where it applies (see _cpu.eager_cpu_block); the scatter elsewhere.
     def softmax_kernel(self, arrays: list[Any]) -> _softmax.Kernel:
