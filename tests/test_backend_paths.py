@@ -317,3 +317,104 @@ def test_single_threaded_products_nest_and_restore(library):
     assert set(threads()) <= {1}
     inner.__exit__(None, None, None)
     assert threads() == before
+
+
+_DASK_LOSS_OPTIONS = [
+    {},
+    {"reduction": "sum"},
+    {"reduction": "none", "label_smoothing": 0.2},
+    {"sample_weight": True, "class_weight": True, "ignore_index": 2, "label_smoothing": 0.1},
+    {"soft": True, "sample_weight": True, "class_weight": True},
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("options", _DASK_LOSS_OPTIONS)
+def test_dask_row_block_softmax_equals_generic(dtype, options, rng):
+    """Dask's one-task-per-row-block cross-entropy (the eager kernel on each block, the mean's
+    denominator summed over blocks) gives the generic kernel's answer on the whole array, and stays
+    lazy until asked."""
+    da = pytest.importorskip("dask.array")
+    import array_api_compat.numpy as xp
+
+    from softdist._agnostic import softmax as generic_softmax
+
+    options = dict(options)
+    z = _edge_logits(rng, dtype, n=70)
+    n, c = z.shape
+    soft = options.pop("soft", False)
+    y = rng.random((n, c)).astype(dtype) if soft else rng.integers(0, c, n)
+    sw = rng.random(n).astype(dtype) if options.pop("sample_weight", False) else None
+    cw = rng.random(c).astype(dtype) if options.pop("class_weight", False) else None
+    reduction = options.get("reduction", "mean")
+    common = {"dtype": z.dtype, "sample_weight": sw, "class_weight": cw, "reduction": reduction,
+              "label_smoothing": options.get("label_smoothing", 0.0), "xp": xp}  # fmt: skip
+    if soft:
+        terms = generic_softmax.soft_row_terms(y, **common)
+    else:
+        terms = generic_softmax.index_row_terms(
+            y, n_classes=c, ignore_index=options.get("ignore_index"), checked=True, **common
+        )
+    with np.errstate(all="ignore"):
+        row_loss, want_grad = generic_softmax.block_loss_and_grad(z, terms, want_grad=True, xp=xp)
+    want_loss = row_loss if reduction == "none" else np.sum(row_loss)
+
+    def chunked(a):
+        return None if a is None else da.from_array(a, chunks=(23, *a.shape[1:]))
+
+    extra = {"sample_weight": chunked(sw), "class_weight": None if cw is None else da.from_array(cw)}
+    loss, grad = softdist.softmax_cross_entropy_and_grad(
+        da.from_array(z, chunks=(23, 4)), chunked(y), **options, **extra
+    )
+    assert len(grad.chunks[0]) == 4  # one task per row block, the classes whole
+    rtol = 20 * np.finfo(dtype).eps
+    np.testing.assert_allclose(loss.compute(), want_loss, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(grad.compute(), want_grad, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("options", _DASK_LOSS_OPTIONS[:4])
+def test_dask_row_block_linear_equals_numpy(options, rng):
+    """Dask's row-block linear head and softmax_loss (eager code per block, dW and dbias summed over
+    blocks) give the NumPy path's answer (itself tested equal to the generic workspace above)."""
+    da = pytest.importorskip("dask.array")
+    options = dict(options)
+    X, W, b = rng.standard_normal((70, 6)), rng.standard_normal((9, 6)), rng.standard_normal(9)
+    X[3] *= 1e3  # a row the unshifted fast kernel must repair
+    y = rng.integers(0, 9, 70)
+    sw = rng.random(70) if options.pop("sample_weight", False) else None
+    cw = rng.random(9) if options.pop("class_weight", False) else None
+
+    def lazy(a, rows=23):
+        return None if a is None else da.from_array(a, chunks=(rows, *a.shape[1:]))
+
+    eager = {"sample_weight": sw, "class_weight": cw} | options
+    lazy_options = {"sample_weight": lazy(sw), "class_weight": lazy(cw, 4)} | options
+    cases = [
+        (softdist.linear_cross_entropy_and_grad, (X, W, y), {"bias": b, "z_loss": 0.01, "softcap": 5.0}),
+        (softdist.softmax_loss, (W.T, X, y), {"b": b, "reg": 0.1}),
+        (lambda *a, **k: (softdist.linear_cross_entropy(*a, **k),), (X, W, y), {"bias": b}),
+    ]
+    for f, args, more in cases:
+        want = f(*args, **eager, **more)
+        got = f(*(lazy(a, 31) if a is not y else lazy(a) for a in args), **lazy_options,
+                **{k: lazy(v, 4) if isinstance(v, np.ndarray) else v for k, v in more.items()})  # fmt: skip
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g.compute(), w, rtol=1e-12, atol=1e-12)
+
+
+def test_jax_compiled_cache_is_bounded(monkeypatch, rng):
+    """Eager JAX keeps one compiled function per signature in a bounded LRU table: new shapes evict the
+    least recently used, and an evicted shape compiles again with the same answer."""
+    jnp = pytest.importorskip("jax.numpy")
+    from softdist import _config
+
+    monkeypatch.setattr(_config, "JAX_COMPILED_CACHE_SIZE", 3)
+    monkeypatch.setattr(_jax, "_JAX_COMPILED", type(_jax._JAX_COMPILED)())
+    A = rng.standard_normal((12, 4)).astype(np.float32)
+    first = np.asarray(softdist.pairwise_sqdist(jnp.asarray(A[:5]), jnp.asarray(A[:4])))
+    for rows in range(6, 12):
+        softdist.pairwise_sqdist(jnp.asarray(A[:rows]), jnp.asarray(A[:4]))
+        assert len(_jax._JAX_COMPILED) <= 3
+    again = np.asarray(softdist.pairwise_sqdist(jnp.asarray(A[:5]), jnp.asarray(A[:4])))
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_allclose(first, reference_sqdist(A[:5], A[:4]), rtol=1e-4, atol=1e-5)

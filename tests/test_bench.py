@@ -195,3 +195,24 @@ def test_unwritable_out_is_refused_before_running(capsys, tmp_path, monkeypatch)
     blocker.write_text("")
     err = _one_line_error(capsys, ["bench", "--quick", "--backend", "numpy", "--out", str(blocker / "sub")])
     assert f"--out {blocker / 'sub'}: cannot write there" in err
+
+
+@pytest.mark.parametrize("name", ["jax-cpu", "jax-jit-cpu"])
+def test_jax_rows_have_optax_beside_softdist(name):
+    """optax's loss under jax.value_and_grad is a peer on eager and jitted JAX, and gives the same loss."""
+    pytest.importorskip("optax")
+    from softdist._bench._cases import CASES
+
+    backend = backend_by_name(name)
+    mode = "jit" if backend.jit else "eager"
+    for case, size in (("softmax_cross_entropy_and_grad", (50, 7)), ("softmax_loss", (50, 4, 7))):
+        rows, _ = CASES[case].methods(backend, "float32", size, quick=True)
+        assert any(m.role == "peer" and "optax" in m.name and mode in m.name for m in rows)
+    rows, _ = CASES["softmax_cross_entropy_and_grad"].methods(backend, "float32", (50, 7), quick=True)
+    (peer,) = (m for m in rows if "optax" in m.name)
+    ours = next(m for m in rows if m.role == "softdist")
+    rng = np.random.default_rng(0)
+    logits = backend.asarray(rng.standard_normal((50, 7)).astype(np.float32))
+    labels = backend.asarray(rng.integers(0, 7, 50).astype(np.int32))
+    want = backend.to_numpy(ours.fn(logits, labels)[0])
+    np.testing.assert_allclose(backend.to_numpy(peer.fn(logits, labels)[0]), want, rtol=1e-5)

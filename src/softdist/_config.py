@@ -23,6 +23,10 @@ GPU_FREE_MEMORY_DIVISOR = 4
 # NumPy linear head: dW is accumulated in class blocks through one reused product buffer of at most this.
 NUMPY_CLASS_BLOCK_BYTES = 16 * MiB
 
+# Eager JAX: compiled functions kept (one per function, option set and argument shapes; about 4-10 MiB
+# each on the CPU), least recently used evicted first.
+JAX_COMPILED_CACHE_SIZE = 32
+
 # -- chunk and tile sizes ----------------------------------------------------------------------------------
 # Linear head, chunk_size="auto": fewer rows per chunk and the GEMMs lose efficiency (torch CPU: 32-row
 # chunks 2.9x the GEMMs, 256+ rows 1.0-1.3x, issue #13).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Any
 
 from ._agnostic import softmax as _generic
 from ._backends import backend_for
-from ._lib._compat import device, is_array_api_obj
+from ._lib._compat import array_namespace, device, is_array_api_obj
 from ._lib._scalars import compare, widened_labels
 from ._lib._validation import (
     check_known_shapes,
@@ -148,17 +149,38 @@ def _plan(
     )
 
 
-def _row_terms(plan: _Plan, labels: Any, n_classes: int, sw: Any, cw: Any, xp: Any) -> _generic.RowTerms:
+def _row_terms(
+    plan: _Plan, labels: Any, n_classes: int, sw: Any, cw: Any, xp: Any, total: Any = None
+) -> _generic.RowTerms:
+    """The per-row coefficients; ``total``: the mean's denominator when these rows are one block of a
+    larger problem (see :func:`_weight_total`)."""
     options = {
         "dtype": plan.work, "reduction": plan.reduction, "label_smoothing": plan.label_smoothing, "xp": xp,
         "sample_weight": None if sw is None else xp.astype(sw, plan.work),
-        "class_weight": None if cw is None else xp.astype(cw, plan.work),
+        "class_weight": None if cw is None else xp.astype(cw, plan.work), "total": total,
     }  # fmt: skip
     if plan.soft:
         return _generic.soft_row_terms(labels, **options)
     return _generic.index_row_terms(
         labels, n_classes=n_classes, ignore_index=plan.ignore_index, checked=plan.checked, **options
     )
+
+
+def _weight_total(plan: _Plan, n_classes: int, labels: Any, sw: Any, cw: Any) -> Any:
+    """0-D: these rows' share of the mean's denominator (summed over the blocks of a larger problem)."""
+    xp = array_namespace(labels)
+    sw = None if sw is None else xp.astype(sw, plan.work)
+    if plan.soft:
+        return _generic.soft_weight_total(labels, dtype=plan.work, sample_weight=sw, xp=xp)
+    return _generic.index_weight_total(
+        labels, n_classes=n_classes, dtype=plan.work, sample_weight=sw,
+        class_weight=None if cw is None else xp.astype(cw, plan.work),
+        ignore_index=plan.ignore_index, checked=plan.checked, xp=xp,
+    )  # fmt: skip
+
+
+def _block_weight_total(plan: _Plan, n_classes: int) -> Callable[..., Any] | None:
+    return functools.partial(_weight_total, plan, n_classes) if plan.reduction == "mean" else None
 
 
 def _reduce(row_loss: Any, reduction: str, xp: Any) -> Any:
@@ -175,11 +197,33 @@ def _run(core: Callable[..., Any], arrays: tuple[Any, ...], xp: Any, **static: A
 def _logits_core(
     logits: Any, labels: Any, sw: Any, cw: Any, *, plan: _Plan, want_grad: bool, xp: Any
 ) -> tuple[Any, Any | None]:
-    terms = _row_terms(plan, labels, logits.shape[1], sw, cw, xp)
-    z = xp.astype(logits, plan.work, copy=False)
-    row_loss, G = backend_for(xp).softmax_kernel([logits])(z, terms, want_grad=want_grad, xp=xp)
+    backend = backend_for(xp)
+    if backend.row_blocks is not None:
+        n_classes = logits.shape[1]
+        outputs = [("rows", (), plan.work)] + ([("rows", (n_classes,), plan.work)] if want_grad else [])
+        row_loss, *grad = backend.row_blocks(
+            functools.partial(_logits_block, plan=plan, want_grad=want_grad),
+            _block_weight_total(plan, n_classes), [logits, labels, sw], [], class_weight=cw,
+            outputs=outputs, work=plan.work, xp=xp,
+        )  # fmt: skip
+        G = grad[0] if want_grad else None
+    else:
+        terms = _row_terms(plan, labels, logits.shape[1], sw, cw, xp)
+        z = xp.astype(logits, plan.work, copy=False)
+        row_loss, G = backend.softmax_kernel([logits])(z, terms, want_grad=want_grad, xp=xp)
     loss = xp.astype(_reduce(row_loss, plan.reduction, xp), plan.dtype, copy=False)
     return loss, (None if G is None else xp.astype(G, plan.dtype, copy=False))
+
+
+def _logits_block(
+    logits: Any, labels: Any, sw: Any, cw: Any, total: Any, *, plan: _Plan, want_grad: bool
+) -> tuple[Any, ...]:
+    """Row losses (and the gradient) of one block of rows, in the working dtype, eagerly."""
+    xp = array_namespace(logits)
+    terms = _row_terms(plan, labels, logits.shape[1], sw, cw, xp, total=total)
+    z = xp.astype(logits, plan.work, copy=False)
+    row_loss, G = backend_for(xp).softmax_kernel([logits])(z, terms, want_grad=want_grad, xp=xp)
+    return (row_loss, G) if want_grad else (row_loss,)
 
 
 def head_core(
@@ -189,24 +233,64 @@ def head_core(
 ) -> tuple[Any, ...]:  # fmt: skip
     """(loss,) or (loss, dX, dW, dbias) after validation; dX is None unless ``want_dX``, dbias None
     without a bias. The kernel of the linear head (softdist.linear) and of ``softmax_loss`` (on W.T)."""
-    n_classes = W.shape[0]
-    terms = _row_terms(plan, labels, n_classes, sw, cw, xp)
-    X = _cast_input(X, plan.dtype, xp)
-    W = _cast_input(W, plan.dtype, xp)
-    backend = backend_for(xp)
-    workspace = backend.linear_workspace(
-        X, W, bias, chunk_rows=chunk_rows, work=plan.work, want_dX=want_dX, xp=xp
-    )
-    row_loss, dX, dW, db = backend.linear_head(
-        X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, z_loss=z_loss, softcap=softcap,
-        kernel=backend.softmax_kernel([X, W, bias]), xp=xp,
-    )  # fmt: skip
+    options = {"plan": plan, "want_grad": want_grad, "want_dX": want_dX, "z_loss": z_loss,
+               "softcap": softcap, "chunk_rows": chunk_rows}  # fmt: skip
+    if backend_for(xp).row_blocks is not None:
+        row_loss, dX, dW, db = _head_row_blocks(X, W, labels, bias, sw, cw, xp=xp, **options)
+    else:
+        row_loss, dX, dW, db = _head_rows(X, W, labels, bias, sw, cw, None, xp=xp, **options)
     loss = xp.astype(_reduce(row_loss, plan.reduction, xp), plan.dtype, copy=False)
     if not want_grad:
         return (loss,)
     dW = xp.astype(dW, plan.dtype, copy=False)
     db = None if db is None else xp.astype(db, plan.dtype, copy=False)
     return loss, dX, dW, db
+
+
+def _head_rows(
+    X: Any, W: Any, labels: Any, bias: Any, sw: Any, cw: Any, total: Any, *,
+    plan: _Plan, want_grad: bool, want_dX: bool, z_loss: float, softcap: float | None, chunk_rows: int,
+    xp: Any,
+) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    """(row losses, dX, dW, dbias) in the working dtype (dX in the inputs'); ``total``: the mean's
+    denominator when these rows are one block of a larger problem."""
+    n_classes = W.shape[0]
+    terms = _row_terms(plan, labels, n_classes, sw, cw, xp, total=total)
+    X = _cast_input(X, plan.dtype, xp)
+    W = _cast_input(W, plan.dtype, xp)
+    backend = backend_for(xp)
+    workspace = backend.linear_workspace(
+        X, W, bias, chunk_rows=chunk_rows, work=plan.work, want_dX=want_dX, xp=xp
+    )
+    return backend.linear_head(
+        X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, z_loss=z_loss, softcap=softcap,
+        kernel=backend.softmax_kernel([X, W, bias]), xp=xp,
+    )  # fmt: skip
+
+
+def _head_row_blocks(
+    X: Any, W: Any, labels: Any, bias: Any, sw: Any, cw: Any, *, xp: Any, **options: Any
+) -> tuple[Any, Any, Any, Any]:
+    """:func:`_head_rows` as one task per row block of X (the eager code on each block), dW and dbias
+    summed over the blocks (Dask: softdist._backends._dask.dask_row_blocks)."""
+    plan, want_grad, want_dX = options["plan"], options["want_grad"], options["want_dX"]
+    n_classes, d = W.shape
+    wanted = [True, want_grad and want_dX, want_grad, want_grad and bias is not None]
+    outputs = [("rows", (), plan.work), ("rows", (d,), plan.dtype), ("sum", (n_classes, d), plan.work),
+               ("sum", (n_classes,), plan.work)]  # fmt: skip
+
+    def block(Xb: Any, yb: Any, swb: Any, Wb: Any, bb: Any, cwb: Any, total: Any) -> tuple[Any, ...]:
+        out = _head_rows(Xb, Wb, yb, bb, swb, cwb, total, xp=array_namespace(Xb), **options)
+        return tuple(o for o, keep in zip(out, wanted, strict=True) if keep)
+
+    results = iter(
+        backend_for(xp).row_blocks(
+            block, _block_weight_total(plan, n_classes), [X, labels, sw], [W, bias], class_weight=cw,
+            outputs=[o for o, keep in zip(outputs, wanted, strict=True) if keep], work=plan.work, xp=xp,
+        )
+    )  # fmt: skip
+    row_loss, dX, dW, db = (next(results) if keep else None for keep in wanted)
+    return row_loss, dX, dW, db
 
 
 def _cast_input(x: Any, dtype: Any, xp: Any) -> Any:

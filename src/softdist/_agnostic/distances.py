@@ -320,6 +320,7 @@ def pairwise_sqdist(
     eager: bool = True,
     mean: Any = None,
     scale: Any = None,
+    unscale: Any = None,
 ) -> Any:
     """Squared distances of floating A (n, d) and B (m, d); B None means A against itself.
 
@@ -330,6 +331,8 @@ def pairwise_sqdist(
     with; the default needs data-dependent shapes (eager backends; ``eager=False`` avoids host reads
     elsewhere). ``operands`` has the signature of :func:`augmented_operands`; a backend may swap in an
     equivalent that is faster for it. ``mean``/``scale`` come from a larger problem (Dask blocks).
+    ``unscale(D, big, factor, xp=...)``: :func:`unscale_squares` for the (n, m) result (a backend may
+    skip the pass when ``big`` is False without a host read).
     """
     symmetric = B is None
     B_ = A if symmetric else B
@@ -360,7 +363,7 @@ def pairwise_sqdist(
         D = symmetrize(xp.matmul(A_aug, xp.matrix_transpose(B_aug)), xp=xp)
     if scaled:  # back to the caller's units: inf where the distance overflows, norms likewise
         big, undo = scale != 1.0, 1.0 / _power_of_two_scales(A.dtype, A.shape[1], xp=xp)[1]
-        D = unscale_squares(D, big, undo, xp=xp)
+        D = (unscale or unscale_squares)(D, big, undo, xp=xp)
         ra = unscale_squares(ra, big, undo, xp=xp)
         rb = ra if symmetric else unscale_squares(rb, big, undo, xp=xp)
     # The refinement recomputes from the caller's values (finite rows only: the others are reset below).

@@ -50,29 +50,20 @@ class RowTerms:
 
 # -- building the coefficients ---------------------------------------------------------------------------
 def _mean_scale(effective_weights: Any, *, xp: Any) -> Any:
+    return _scale_of_total(xp.sum(effective_weights), xp=xp)
+
+
+def _scale_of_total(total: Any, *, xp: Any) -> Any:
     # 1/sum of weights, and 0 (not inf or NaN) when nothing counts: an all-ignored batch has loss 0.
-    total = xp.sum(effective_weights)
     return xp.where(total != 0, 1.0 / xp.where(total != 0, total, 1.0), 0.0)
 
 
-def index_row_terms(
-    labels: Any,
-    *,
-    n_classes: int,
-    dtype: Any,
-    sample_weight: Any | None,
-    class_weight: Any | None,
-    label_smoothing: float,
-    ignore_index: int | None,
-    reduction: str,
-    checked: bool,
-    xp: Any,
-) -> RowTerms:
-    """Coefficients for integer class labels (any integer or integral-valued floating dtype).
-
-    Labels that are not class indices (negative, >= C, non-integral, NaN) make their rows NaN; the eager
-    public functions raise before getting here (``checked``), so this happens under jax.jit and Dask.
-    """
+def _index_weights(
+    labels: Any, *, n_classes: int, dtype: Any, sample_weight: Any | None, class_weight: Any | None,
+    ignore_index: int | None, checked: bool, xp: Any,
+) -> tuple[Any, ...]:  # fmt: skip
+    """(safe labels, valid, counted, ignored, row weight, class weight of the label) for index labels;
+    valid/counted/ignored are None where every row is (or none is) so."""
     index_dtype = default_dtype(xp, "integral", device=device(labels))
     # compare(): ignore_index and n_classes may not fit the labels' dtype (uint8 labels, ignore_index -100)
     ignored = None if ignore_index is None else compare(labels, "==", ignore_index, xp=xp)
@@ -87,16 +78,68 @@ def index_row_terms(
             valid = valid | ignored
         counted = valid if ignored is None else valid & ~ignored
         safe = xp.astype(xp.where(counted, labels, 0), index_dtype)
-
-    ones = xp.ones(labels.shape, dtype=dtype, device=device(labels))
-    weight = ones if sample_weight is None else sample_weight
+    weight = (
+        xp.ones(labels.shape, dtype=dtype, device=device(labels)) if sample_weight is None else sample_weight
+    )
     cw_y = None
     if class_weight is not None:
         cw_y = xp.take(class_weight, safe, axis=0)
         weight = weight * cw_y
-    a = ones if sample_weight is None else sample_weight
+    return safe, valid, counted, ignored, weight, cw_y
+
+
+def index_weight_total(
+    labels: Any, *, n_classes: int, dtype: Any, sample_weight: Any | None, class_weight: Any | None,
+    ignore_index: int | None, checked: bool, xp: Any,
+) -> Any:  # fmt: skip
+    """0-D: the total effective weight of the counted rows, the mean's denominator. Summed over the
+    blocks of a larger problem, it is the ``total`` that :func:`index_row_terms` takes."""
+    _, _, counted, _, weight, _ = _index_weights(
+        labels, n_classes=n_classes, dtype=dtype, sample_weight=sample_weight, class_weight=class_weight,
+        ignore_index=ignore_index, checked=checked, xp=xp,
+    )  # fmt: skip
+    return xp.sum(weight if counted is None else xp.where(counted, weight, 0.0))
+
+
+def soft_weight_total(targets: Any, *, dtype: Any, sample_weight: Any | None, xp: Any) -> Any:
+    """0-D: the soft-target mean's denominator, N or the sum of the sample weights."""
+    if sample_weight is None:
+        return xp.asarray(targets.shape[0], dtype=dtype, device=device(targets))
+    return xp.sum(sample_weight)
+
+
+def index_row_terms(
+    labels: Any,
+    *,
+    n_classes: int,
+    dtype: Any,
+    sample_weight: Any | None,
+    class_weight: Any | None,
+    label_smoothing: float,
+    ignore_index: int | None,
+    reduction: str,
+    checked: bool,
+    xp: Any,
+    total: Any | None = None,
+) -> RowTerms:
+    """Coefficients for integer class labels (any integer or integral-valued floating dtype).
+
+    Labels that are not class indices (negative, >= C, non-integral, NaN) make their rows NaN; the eager
+    public functions raise before getting here (``checked``), so this happens under jax.jit and Dask.
+    ``total``: the mean's denominator when these rows are one block of a larger problem (Dask: the sum
+    of :func:`index_weight_total` over the blocks); None, from these rows.
+    """
+    safe, valid, counted, ignored, weight, cw_y = _index_weights(
+        labels, n_classes=n_classes, dtype=dtype, sample_weight=sample_weight, class_weight=class_weight,
+        ignore_index=ignore_index, checked=checked, xp=xp,
+    )  # fmt: skip
+    a = sample_weight
+    if a is None:
+        a = weight if cw_y is None else xp.ones(labels.shape, dtype=dtype, device=device(labels))
     if reduction == "mean":
-        a = a * _mean_scale(weight if counted is None else xp.where(counted, weight, 0.0), xp=xp)
+        if total is None:
+            total = xp.sum(weight if counted is None else xp.where(counted, weight, 0.0))
+        a = a * _scale_of_total(total, xp=xp)
     if counted is not None:
         a = xp.where(counted, a, 0.0)
         a = xp.where(valid, a, xp.nan)  # invalid labels: NaN rows, never a wrap-around to another class
@@ -125,8 +168,10 @@ def soft_row_terms(
     label_smoothing: float,
     reduction: str,
     xp: Any,
+    total: Any | None = None,
 ) -> RowTerms:
-    """Coefficients for soft targets (N, C); the mean divides by N (or the sum of sample weights)."""
+    """Coefficients for soft targets (N, C); the mean divides by N (or the sum of sample weights), or
+    by ``total`` when these rows are one block of a larger problem (:func:`soft_weight_total`)."""
     n, n_classes = targets.shape
     q = xp.astype(targets, dtype)
     if label_smoothing > 0:
@@ -135,7 +180,7 @@ def soft_row_terms(
         q = q * class_weight
     alpha = xp.ones(n, dtype=dtype, device=device(q)) if sample_weight is None else sample_weight
     if reduction == "mean":
-        alpha = alpha * _mean_scale(alpha, xp=xp)
+        alpha = alpha * (_mean_scale(alpha, xp=xp) if total is None else _scale_of_total(total, xp=xp))
     return RowTerms(
         alpha=alpha, gamma=alpha * xp.sum(q, axis=1), soft=q, class_weight=class_weight, weight=alpha
     )

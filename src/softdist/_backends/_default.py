@@ -45,6 +45,10 @@ class Backend:
     # ``operands(A, B, mean, xp=)`` of the distance expansion (see _agnostic.distances.augmented_operands).
     augmented_operands: Callable[..., tuple[Any, Any, Any, Any]] = staticmethod(_distances.augmented_operands)
 
+    # ``row_blocks(block, weight_total, row_args, whole_args, *, class_weight, outputs, work, xp)``: the
+    # softmax losses as one task per row block (Dask); None where the whole arrays are computed at once.
+    row_blocks: Callable[..., list[Any]] | None = None
+
     def __repr__(self) -> str:
         return f"<softdist backend {self.name}>"
 

@@ -4,11 +4,14 @@ over the linear head's chunks, and full-precision matrix products."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .. import _config
 from .._agnostic import distances as _generic
 from .._agnostic import linear as _linear
 from .._agnostic import neighbors as _neighbors
@@ -61,12 +64,26 @@ def jax_refine_static(
     def keep(D: Any) -> tuple[Any, Any]:
         return D, jnp.zeros((), dtype=count_dtype)
 
-    # Well-separated data flags nothing: one fused test skips the static nonzero, whose prefix sum over
-    # all n * m entries costs XLA's CPU backend about ten times the matrix product itself.
-    D = jnp.maximum(D, 0.0)
-    D, count = jax.lax.cond(jnp.any(jnp.any(flags(D), axis=1)), refine, keep, D)
+    # Well-separated data flags nothing: one test skips the static nonzero, whose prefix sum over all
+    # n * m entries costs XLA's CPU backend about ten times the matrix product itself. The test reads D
+    # once, as a row minimum against the row's largest threshold (a superset of the flagged rows): an
+    # elementwise flag test made XLA write and re-read an (n, m) mask. Entries that are not flagged
+    # exceed a threshold >= 0, so only the refine branch needs the clamp at 0.
+    suspicious = jnp.min(D, axis=1) <= tau * ra + tau * jnp.max(rb)
+    D, count = jax.lax.cond(jnp.any(suspicious), lambda D: refine(jnp.maximum(D, 0.0)), keep, D)
     counts.append(count)
     return D
+
+
+def jax_unscale_squares(D: Any, big: Any, factor: float, *, xp: Any) -> Any:
+    """:func:`unscale_squares` under lax.cond: data that needed no scaling (the usual case) skips the
+    (n, m) pass."""
+    import jax
+
+    def apply(D: Any) -> Any:
+        return _generic.unscale_squares(D, big, factor, xp=xp)
+
+    return jax.lax.cond(xp.any(big), apply, lambda D: D, D)
 
 
 def _jax_sqdist_with_count(A: Any, B: Any | None, *, xp: Any, budget: int) -> tuple[Any, Any]:
@@ -85,11 +102,10 @@ def _jax_sqdist_with_count(A: Any, B: Any | None, *, xp: Any, budget: int) -> tu
     import jax
     import jax.numpy as jnp
 
-    D = _generic.pairwise_sqdist(A, B, xp=xp, refine=refine, set_nonfinite=set_nonfinite, eager=False)
+    D = _generic.pairwise_sqdist(
+        A, B, xp=xp, refine=refine, set_nonfinite=set_nonfinite, eager=False, unscale=jax_unscale_squares
+    )
     return D, counts[0]
-
-
-_JAX_JITTED: dict[bool, Any] = {}
 
 
 def jax_pairwise_sqdist(A: Any, B: Any | None, *, xp: Any) -> Any:
@@ -97,40 +113,61 @@ def jax_pairwise_sqdist(A: Any, B: Any | None, *, xp: Any) -> Any:
     m = n if B is None else B.shape[0]
     if is_jax_tracer(A) or is_jax_tracer(B):
         return _jax_sqdist_with_count(A, B, xp=xp, budget=n + m)[0]
-    import jax
-
     symmetric = B is None
-    if symmetric not in _JAX_JITTED:
-
-        def run(A: Any, B: Any, budget: int) -> tuple[Any, Any]:
-            return _jax_sqdist_with_count(A, None if symmetric else B, xp=xp, budget=budget)
-
-        _JAX_JITTED[symmetric] = jax.jit(run, static_argnames="budget")
-    jitted = _JAX_JITTED[symmetric]
     B_ = A if symmetric else B
-    D, count = jitted(A, B_, budget=n + m)
+    D, count = jax_compiled(_jax_sqdist_run, symmetric=symmetric, budget=n + m, xp=xp)(A, B_)
     if is_jax_tracer(count):  # concrete inputs inside someone's trace (closed-over constants)
         return D
     count = int(count)  # eager-only path: the size of the second pass depends on the data
     if count > n + m:
-        D, _ = jitted(A, B_, budget=1 << (count - 1).bit_length())
+        budget = 1 << (count - 1).bit_length()
+        D, _ = jax_compiled(_jax_sqdist_run, symmetric=symmetric, budget=budget, xp=xp)(A, B_)
     return D
 
 
-_JAX_COMPILED: dict[Any, Any] = {}
+def _jax_sqdist_run(A: Any, B: Any, *, symmetric: bool, budget: int, xp: Any) -> tuple[Any, Any]:
+    return _jax_sqdist_with_count(A, None if symmetric else B, xp=xp, budget=budget)
+
+
+# Eager JAX compiles one executable per function, option set and input signature (shapes, dtypes), and
+# jax.jit never lets one go: 100 distinct pairwise_sqdist shapes added ~800 MiB, 50 softmax shapes ~450
+# MiB (CPU, float32). Each signature gets its own jax.jit wrapper here, kept in a least-recently-used
+# table of _config.JAX_COMPILED_CACHE_SIZE entries: dropping a wrapper drops its executable, so a long-running
+# process holds at most that many (about 4-10 MiB each on the CPU) and a shape seen again after eviction
+# compiles again.
+_JAX_COMPILED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+_JAX_COMPILED_LOCK = threading.Lock()
+
+
+def _jax_signature(x: Any) -> Any:
+    if x is None or not hasattr(x, "shape"):  # a Python number (reg) is traced: its type is enough
+        return None if x is None else type(x).__name__
+    return (tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)))
 
 
 def jax_compiled(core: Callable[..., Any], **static: Any) -> Callable[..., Any]:
-    """``core`` with its keyword options fixed, compiled once per option set (JAX's eager mode compiles
-    every operation for every new shape: one compiled function is 10-100x faster than op by op)."""
-    key = (core, tuple(sorted(static.items(), key=lambda kv: kv[0])))
-    if key not in _JAX_COMPILED:
-        import functools
+    """``core`` with its keyword options fixed, run as one compiled function (JAX's eager mode compiles
+    every operation for every new shape: one compiled function is 10-100x faster than op by op),
+    compiled once per option set and argument signature and kept in a bounded LRU table."""
+    options = tuple(sorted(static.items(), key=lambda kv: kv[0]))
 
-        import jax
+    def call(*arrays: Any) -> Any:
+        key = (core, options, tuple(_jax_signature(a) for a in arrays))
+        with _JAX_COMPILED_LOCK:
+            jitted = _JAX_COMPILED.get(key)
+            if jitted is None:
+                import functools
 
-        _JAX_COMPILED[key] = jax.jit(functools.partial(core, **static))
-    return _JAX_COMPILED[key]
+                import jax
+
+                jitted = _JAX_COMPILED[key] = jax.jit(functools.partial(core, **static))
+                while len(_JAX_COMPILED) > _config.JAX_COMPILED_CACHE_SIZE:
+                    _JAX_COMPILED.popitem(last=False)
+            else:
+                _JAX_COMPILED.move_to_end(key)
+        return jitted(*arrays)
+
+    return call
 
 
 # --- JAX kNN ---------------------------------------------------------------------------------------------

@@ -419,8 +419,8 @@ class CrossEntropy(Case):
                 skipped.append("sklearn HalfMultinomialLoss: scikit-learn is not installed")
         if backend.library == "torch":
             rows += _torch_logits_rows()
-        if backend.library == "jax" and backend.jit:
-            rows += _optax_rows(skipped, linear=False)
+        if backend.library == "jax":
+            rows += _optax_rows(skipped, linear=False, jit=backend.jit)
         return rows, skipped
 
 
@@ -446,9 +446,12 @@ def _torch_logits_rows() -> list[Method]:
 
 
 OPTAX = "jax.value_and_grad(optax loss) (jit)"
+OPTAX_EAGER = "jax.value_and_grad(optax loss) (eager)"
 
 
-def _optax_rows(skipped: list[str], *, linear: bool) -> list[Method]:
+def _optax_rows(skipped: list[str], *, linear: bool, jit: bool = True) -> list[Method]:
+    """optax's integer-label cross-entropy under jax.value_and_grad: compiled on the JAX-jit backends,
+    op by op (as a user calling it eagerly would) on eager JAX."""
     try:
         import jax
         import jax.numpy as jnp
@@ -465,9 +468,13 @@ def _optax_rows(skipped: list[str], *, linear: bool) -> list[Method]:
         def model_loss(W, X, y):
             return mean_loss(jnp.matmul(X, W, precision="highest"), y) + REG * jnp.sum(W * W)
 
-        model_grad = jax.jit(jax.value_and_grad(model_loss))
-        return [Method(OPTAX, "peer", lambda W, X, y, G: model_grad(W, X, y), jit=False)]
-    return [Method(OPTAX, "peer", jax.jit(jax.value_and_grad(mean_loss)), jit=False)]
+        model_grad = jax.value_and_grad(model_loss)
+        model_grad = jax.jit(model_grad) if jit else model_grad
+        return [Method(OPTAX if jit else OPTAX_EAGER, "peer", lambda W, X, y, G: model_grad(W, X, y),
+                       jit=False)]  # fmt: skip
+    logits_grad = jax.value_and_grad(mean_loss)
+    return [Method(OPTAX if jit else OPTAX_EAGER, "peer", jax.jit(logits_grad) if jit else logits_grad,
+                   jit=False)]  # fmt: skip
 
 
 # -- softmax_loss of a linear model --------------------------------------------------------------------
@@ -545,8 +552,8 @@ class SoftmaxLoss(Case):
                 return loss.detach(), W.grad
 
             rows.append(Method("F.cross_entropy(X @ W) + autograd", "peer", autograd, jit=False))
-        if backend.library == "jax" and backend.jit:
-            rows += _optax_rows(skipped, linear=True)
+        if backend.library == "jax":
+            rows += _optax_rows(skipped, linear=True, jit=backend.jit)
         return rows, skipped
 
 
