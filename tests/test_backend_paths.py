@@ -212,12 +212,16 @@ def test_scatter_subtract_equals_mask(rng):
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 @pytest.mark.parametrize("options", [{}, {"z_loss": 0.1, "softcap": 4.0}, {"label_smoothing": 0.1}])
-def test_eager_linear_workspace_equals_generic(library, options, rng, monkeypatch):
+@pytest.mark.parametrize("chunk_size", [16, 40])  # G wider than tall (G.T @ X), and taller (X.T @ G)
+def test_eager_linear_workspace_equals_generic(library, options, chunk_size, rng, monkeypatch):
     """The in-place CPU workspace (reused score buffer, dX written in place, dW accumulated in place, NumPy
     in class blocks) gives the generic workspace's answer."""
     from array_api_compat import array_namespace
 
+    from softdist import _config
     from softdist._agnostic import linear as generic_linear
+
+    monkeypatch.setattr(_config, "NUMPY_CLASS_BLOCK_BYTES", 7 * 8 * 8)  # 7-class blocks of float64 dW
 
     X, W, b = rng.standard_normal((50, 8)), rng.standard_normal((30, 8)), rng.standard_normal(30)
     X[3] *= 1e3  # a row the unshifted fast kernel must repair
@@ -236,7 +240,9 @@ def test_eager_linear_workspace_equals_generic(library, options, rng, monkeypatc
             return generic_linear.Workspace(X, W, b, work=work, want_dX=want_dX, tree=False, xp=xp)
 
         monkeypatch.setattr(type(backend_for(array_namespace(X))), "linear_workspace", workspace)
-        results.append(softdist.linear_cross_entropy_and_grad(X, W, y, bias=b, chunk_size=16, **options))
+        results.append(
+            softdist.linear_cross_entropy_and_grad(X, W, y, bias=b, chunk_size=chunk_size, **options)
+        )
     for fast, slow in zip(*results, strict=True):
         np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=1e-12, atol=1e-12)
 

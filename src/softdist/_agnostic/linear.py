@@ -51,9 +51,13 @@ class Workspace:
         Gd = xp.astype(G, self.W.dtype, copy=False)  # the products run in the input dtype
         if self.want_dX:
             self.dX.append(Gd @ self.W)
-        # (Xc.T @ G).T rather than G.T @ Xc: the same product, but OpenBLAS (behind NumPy and
-        # array-api-strict) runs G.T @ Xc 4-6x slower when C is small against the rows.
-        self._accumulate(self.dW, xp.matrix_transpose(xp.matrix_transpose(Xc) @ Gd))
+        # Narrow G (more rows than classes): (Xc.T @ G).T, as OpenBLAS (behind NumPy and
+        # array-api-strict) runs G.T @ Xc 4-6x slower there; wide G: G.T @ Xc, whose result adds
+        # without a strided pass (see softdist._backends._cpu).
+        if Gd.shape[0] > Gd.shape[1]:
+            self._accumulate(self.dW, xp.matrix_transpose(xp.matrix_transpose(Xc) @ Gd))
+        else:
+            self._accumulate(self.dW, xp.matrix_transpose(Gd) @ Xc)
         if self.b is not None:
             self._accumulate(self.db, column_sum(G, xp=xp))
 
