@@ -472,6 +472,7 @@ class TestBadInput:
             ),
             ({"reduction": "avg"}, ValueError, "reduction must be one of"),
             ({"label_smoothing": 1.5}, ValueError, r"label_smoothing must be a number in \[0, 1\]"),
+            ({"label_smoothing": True}, ValueError, r"label_smoothing must be a number in \[0, 1\]"),
             ({"ignore_index": 1.0}, TypeError, "ignore_index must be an int"),
             ({"labels": np.full((4, 3), 1 / 3), "ignore_index": 0}, ValueError, "ignore_index applies to"),
             ({"class_weight": [1.0, 1.0, 1.0]}, TypeError, "class_weight must be an array"),

@@ -193,3 +193,27 @@ def test_vmap_of_grad_matches_pytorch():
     got = torch.func.vmap(torch.func.grad(ours))(X, y)
     want = torch.func.vmap(torch.func.grad(theirs))(X, y)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["target", "weight", "sample_weight"])
+def test_targets_and_weights_that_require_grad_are_named(name):
+    # Gradients flow to input, linear_weight and linear_bias only: a None .grad would be silent.
+    X, W, _, _ = _data(7)
+    soft = torch.softmax(torch.randn(N, C, dtype=torch.float64), 1)
+    args = {"target": soft, "weight": torch.ones(C, dtype=torch.float64),
+            "sample_weight": torch.ones(N, dtype=torch.float64)}  # fmt: skip
+    args[name] = args[name].requires_grad_()
+    target = args.pop("target")
+    with pytest.raises(ValueError, match=f"{name} requires grad.*{name}.detach"):
+        st.linear_cross_entropy(X, W, target, **args)
+    with torch.no_grad():  # no graph: nothing to warn about
+        st.linear_cross_entropy(X, W, target, **args)
+
+
+def test_module_checks_its_options_at_construction():
+    with pytest.raises(ValueError, match="chunk_size"):
+        st.LinearCrossEntropy(chunk_size=-3)
+    with pytest.raises(ValueError, match="softcap"):
+        st.LinearCrossEntropy(softcap=0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        st.LinearCrossEntropy(label_smoothing=True)

@@ -31,7 +31,11 @@ REDUCTIONS = ("mean", "sum", "none")
 def _check_options(reduction: Any, label_smoothing: Any, ignore_index: Any) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}")
-    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
+    if (
+        not isinstance(label_smoothing, numbers.Real)
+        or isinstance(label_smoothing, bool)
+        or not 0.0 <= label_smoothing <= 1.0
+    ):
         raise ValueError(f"label_smoothing must be a number in [0, 1]; got {label_smoothing!r}")
     if ignore_index is not None and (
         not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool)

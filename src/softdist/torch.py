@@ -257,6 +257,7 @@ class SoftmaxCrossEntropy(torch.nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        _softmax._check_options(reduction, label_smoothing, ignore_index)  # at construction, not first use
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -378,7 +379,8 @@ def linear_cross_entropy(
     chunk_size: int | str = "auto",
 ) -> torch.Tensor:
     """:func:`softdist.linear_cross_entropy` on torch tensors, differentiable in ``input``,
-    ``linear_weight`` and ``linear_bias`` (targets and weights are constants) without the (N, C) logits.
+    ``linear_weight`` and ``linear_bias`` without the (N, C) logits (targets and weights are constants:
+    one that requires grad is a ValueError).
 
     A superset of ``torch.nn.functional.linear_cross_entropy``'s signature (``weight`` is the class
     weight): existing calls port by a rename, except that ``ignore_index`` defaults to None (nothing
@@ -432,6 +434,14 @@ def linear_cross_entropy(
     """
     # Passed as given: softdist's own checks name the argument (float() here would accept z_loss=True).
     options = _LinearOptions(reduction, label_smoothing, ignore_index, z_loss, softcap, chunk_size)
+    if torch.is_grad_enabled():  # a silent None gradient would be a trap (distillation, learnt weights)
+        for name, t in (("target", target), ("weight", weight), ("sample_weight", sample_weight)):
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                raise ValueError(
+                    f"{name} requires grad, but softdist.torch.linear_cross_entropy differentiates only "
+                    f"input, linear_weight and linear_bias; pass {name}.detach(), or use "
+                    "softdist.torch.softmax_cross_entropy on the logits for a gradient in the soft targets"
+                )
     differentiable = [t for t in (input, linear_weight, linear_bias) if t is not None]
     if not (
         (torch.is_grad_enabled() and any(t.requires_grad for t in differentiable))
@@ -477,10 +487,12 @@ class LinearCrossEntropy(torch.nn.Module):
         chunk_size: int | str = "auto",
     ) -> None:
         super().__init__()
+        _softmax._check_options(reduction, label_smoothing, ignore_index)  # at construction, not first use
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        _linear._check_head_options(z_loss, softcap, chunk_size)
         self.z_loss = z_loss
         self.softcap = softcap
         self.chunk_size = chunk_size
