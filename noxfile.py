@@ -22,27 +22,15 @@ def tests(session: nox.Session) -> None:
     _pytest(session)
 
 
-def _one_backend(session: nox.Session, extra: str, *pre: str) -> None:
-    """NumPy, array-api-strict and one more backend (the rest skip with a reason)."""
-    if pre:
-        session.install(*pre)
-    session.install("-e", f".[test,{extra}]")
-    _pytest(session, "-k", f"{extra} or numpy or strict")
-
-
 @nox.session
-def torch(session: nox.Session) -> None:
-    _one_backend(session, "torch", TORCH_CPU)
-
-
-@nox.session
-def jax(session: nox.Session) -> None:
-    _one_backend(session, "jax")
-
-
-@nox.session
-def dask(session: nox.Session) -> None:
-    _one_backend(session, "dask")
+@nox.parametrize("backend", ["torch", "jax", "dask"])
+def one_backend(session: nox.Session, backend: str) -> None:
+    """NumPy, array-api-strict and one more backend (the rest skip with a reason):
+    `nox -s "one_backend(backend='torch')"`."""
+    if backend == "torch":
+        session.install(TORCH_CPU)
+    session.install("-e", f".[test,{backend}]")
+    _pytest(session, "-k", f"{backend} or numpy or strict")
 
 
 @nox.session
