@@ -338,12 +338,7 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         dX, dW, db = saved[6:] if len(saved) > 6 else (None, None, None)
         handed, ctx.grads = ctx.grads, None  # kept gradients go out once, scaled in place
         if handed is not None and not torch.is_grad_enabled():
-            dX, dW, db = handed
-            if grad_loss.device.type != "cpu" or not bool(grad_loss == 1):  # CPU: reading it costs nothing
-                for g in (dX, dW, db):
-                    if g is not None:
-                        g.mul_(grad_loss)
-            return dX, dW, None, db, None, None, None
+            return _scaled_in_place(handed, grad_loss)
         if none or dW is None or torch.is_grad_enabled():  # recompute (differentiably for a graph)
             sw = sample_weight
             if none:
@@ -354,8 +349,20 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
             dX, dW, db = out[1], out[2], (out[3] if bias is not None else None)
             if none:
                 return dX, dW, None, db, None, None, None
+            if not torch.is_grad_enabled():  # fresh gradients (a retained graph's later backward)
+                return _scaled_in_place((dX, dW, db), grad_loss)
         scaled = [None if g is None else g * grad_loss for g in (dX, dW, db)]
         return scaled[0], scaled[1], None, scaled[2], None, None, None
+
+
+def _scaled_in_place(grads: tuple[Any, ...], grad_loss: torch.Tensor) -> tuple[Any, ...]:
+    """(dX, dW, db) of our own, scaled by grad_loss without a copy, as backward's seven results."""
+    dX, dW, db = grads
+    if grad_loss.device.type != "cpu" or not bool(grad_loss == 1):  # CPU: reading it costs nothing
+        for g in grads:
+            if g is not None:
+                g.mul_(grad_loss)
+    return dX, dW, None, db, None, None, None
 
 
 @torch.compiler.disable  # one opaque call for torch.compile, as for softmax_cross_entropy
