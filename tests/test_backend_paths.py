@@ -325,6 +325,44 @@ def test_single_threaded_products_nest_and_restore(library):
     assert threads() == before
 
 
+def test_single_threaded_products_from_any_thread():
+    """Dask runs blocks (NumPy chunks) on its worker threads: the BLAS limit holds in whichever thread
+    enters, whichever thread leaves last restores the caller's setting, and a thread that set it before
+    does not keep the others out (threadpoolctl >= 3.8 lets only one thread change a pthreads OpenBLAS;
+    torch's count is per thread, see _cpu._one_thread_here)."""
+    import threading
+
+    import array_api_compat.numpy as xp
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def threads() -> list[int]:
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = threads()
+    with _cpu.single_threaded_products(xp):  # this thread sets and restores first
+        pass
+    seen: list[list[int]] = []
+    outer = _cpu.single_threaded_products(xp)
+    inner = _cpu.single_threaded_products(xp)
+
+    def in_thread(fn) -> None:
+        t = threading.Thread(target=fn)
+        t.start()
+        t.join()
+
+    in_thread(lambda: (outer.__enter__(), seen.append(threads())))
+    in_thread(lambda: (inner.__enter__(), seen.append(threads())))
+    in_thread(lambda: outer.__exit__(None, None, None))
+    seen.append(threads())
+    in_thread(lambda: inner.__exit__(None, None, None))  # a third thread leaves last
+    assert all(set(s) <= {1} for s in seen)
+    assert threads() == before
+    with _cpu.single_threaded_products(xp):  # and this thread can still set it
+        assert set(threads()) <= {1}
+    assert threads() == before
+
+
 _DASK_LOSS_OPTIONS = [
     {},
     {"reduction": "sum"},

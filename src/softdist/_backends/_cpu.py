@@ -198,7 +198,10 @@ def single_threaded_products(xp: Any) -> Iterator[bool]:
         def limit() -> Any:
             if not _BLAS_CONTROLLER:  # finding the loaded BLAS libraries takes ~0.4 ms: once
                 _BLAS_CONTROLLER.append(ThreadpoolController())
-            return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas").restore_original_limits
+            restore = _as_blas_controller(
+                lambda: _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas").restore_original_limits
+            )
+            return lambda: _as_blas_controller(restore)
 
     state = _SINGLE_THREAD_STATE["torch" if is_torch_namespace(xp) else "blas"]
     with _SINGLE_THREAD_LOCK:
@@ -213,6 +216,30 @@ def single_threaded_products(xp: Any) -> Iterator[bool]:
             if state["users"] == 0:
                 state["restore"]()
                 state["restore"] = None
+
+
+def _as_blas_controller(fn: Callable[[], Any]) -> Any:
+    """``fn()`` (a threadpoolctl limit or restore) with the calling thread in control of OpenBLAS.
+
+    threadpoolctl >= 3.8 lets only the first thread that changed a pthreads OpenBLAS's thread count
+    change it again (others are silently ignored) and never releases that thread for a bare
+    ``limit()``. Here the limit is set by whichever thread enters first and restored by whichever
+    leaves last (Dask's worker threads, the caller's thread): each takes control for its call and
+    leaves none. Without this a Dask block's BLAS kept both threads, two blocks at once oversubscribed
+    the cores and knn on the threaded scheduler took 10x the synchronous one (20000^2 x 64, 2 cores).
+    """
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # pragma: no cover - threadpoolctl < 3.8 has no controlling thread
+        return fn()
+    release = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if release is None:  # pragma: no cover - threadpoolctl < 3.8
+        return fn()
+    release(force=True)
+    try:
+        return fn()
+    finally:
+        release(force=True)
 
 
 def _one_thread_here(xp: Any) -> None:
