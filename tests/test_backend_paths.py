@@ -106,6 +106,45 @@ def test_knn_fast_paths_equal_generic(library, self_mode, rng):
     assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
 
 
+@pytest.mark.parametrize("self_mode", [False, True])
+@pytest.mark.parametrize("reference_rows", [1, 35, 10**9])
+def test_dask_knn_reference_groups_equal_generic(reference_rows, self_mode, monkeypatch, rng):
+    """Dask kNN with the reference chunks grouped into blocks of several sizes (every chunk alone,
+    uneven groups with an odd number of blocks, one block), uneven row chunks and chunked columns:
+    the generic path's bits, and the graph stays lazy."""
+    da = pytest.importorskip("dask.array")
+    import array_api_compat.numpy as xnp
+
+    from softdist import _config
+    from softdist._agnostic import neighbors as gn
+    from softdist.testing import backend_by_name
+
+    Q, X = _knn_data(rng)
+    if self_mode:
+        Q = X
+    k, exclude = 6, self_mode
+    generic_d, generic_i = gn.knn(
+        Q, X, k=k, exclude_self=exclude, tile_rows=16, tile_cols=40, xp=xnp,
+        select=lambda D, c: gn.select_smallest(D, c, xp=xnp),
+        sqdist=lambda a, b: generic.pairwise_sqdist(a, b, xp=xnp),
+    )  # fmt: skip
+    monkeypatch.setattr(_config, "DASK_KNN_REFERENCE_BYTES", reference_rows * X.shape[1] * X.itemsize)
+    Qd = da.from_array(Q, chunks=((20, 7, 18), (3, 2)) if not self_mode else ((9, 31, 40, 50), (2, 3)))
+    Xd = Qd if self_mode else da.from_array(X, chunks=((9, 31, 40, 50), (2, 3)))
+    with backend_by_name("dask").no_compute():
+        dist, index = _dask.dask_knn(Qd, Xd, k=k, exclude_self=exclude, index_dtype=xnp.int64)
+    assert dist.chunks[0] == Qd.chunks[0]
+    np.testing.assert_array_equal(index.compute(), generic_i)
+    assert dist.compute().tobytes() == np.asarray(generic_d).tobytes()
+
+
+def test_dask_reference_groups():
+    assert _dask.reference_groups((9, 31, 40, 50), 35) == (9, 31, 40, 50)
+    assert _dask.reference_groups((9, 31, 40, 50), 40) == (40, 40, 50)
+    assert _dask.reference_groups((9, 31, 40, 50), 10**9) == (130,)
+    assert _dask.reference_groups((5, 5, 5, 5, 5), 10) == (10, 10, 5)
+
+
 def test_dask_path_equals_generic(rng):
     da = pytest.importorskip("dask.array")
     import array_api_compat.numpy as xnp
@@ -416,10 +455,12 @@ def test_dask_row_block_softmax_equals_generic(dtype, options, rng):
     np.testing.assert_allclose(grad.compute(), want_grad, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("column_chunk", [None, 4])
 @pytest.mark.parametrize("options", _DASK_LOSS_OPTIONS[:4])
-def test_dask_row_block_linear_equals_numpy(options, rng):
+def test_dask_row_block_linear_equals_numpy(options, column_chunk, rng):
     """Dask's row-block linear head and softmax_loss (eager code per block, dW and dbias summed over
-    blocks) give the NumPy path's answer (itself tested equal to the generic workspace above)."""
+    blocks) give the NumPy path's answer (itself tested equal to the generic workspace above), with
+    uneven row chunks and with the features split into column chunks."""
     da = pytest.importorskip("dask.array")
     options = dict(options)
     X, W, b = rng.standard_normal((70, 6)), rng.standard_normal((9, 6)), rng.standard_normal(9)
@@ -429,7 +470,10 @@ def test_dask_row_block_linear_equals_numpy(options, rng):
     cw = rng.random(9) if options.pop("class_weight", False) else None
 
     def lazy(a, rows=23):
-        return None if a is None else da.from_array(a, chunks=(rows, *a.shape[1:]))
+        if a is None:
+            return None
+        columns = a.shape[1:] if column_chunk is None else tuple(min(column_chunk, s) for s in a.shape[1:])
+        return da.from_array(a, chunks=(rows, *columns))
 
     eager = {"sample_weight": sw, "class_weight": cw} | options
     lazy_options = {"sample_weight": lazy(sw), "class_weight": lazy(cw, 4)} | options

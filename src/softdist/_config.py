@@ -40,6 +40,11 @@ KNN_TILE_COLUMNS_FOR_ROWS = 1024
 # knn on Dask: the tiles of the eager pruned search inside each (query chunk, reference chunk) block.
 DASK_KNN_TILE_ROWS = 512
 DASK_KNN_TILE_COLUMNS = 8192
+# knn on Dask: adjacent reference chunks are grouped into blocks of at most this many bytes (a larger
+# chunk stays whole). Each block repeats a fixed setup and prunes with its own references' bound: at
+# 20000^2 x 64 float32 in 4 row chunks, 4 x 4 blocks took 2.6x NumPy's time, one reference block per query
+# chunk 1.16x (50000^2: 1.01x; issue 15). A task holds its block a few times over (with its augmented copy).
+DASK_KNN_REFERENCE_BYTES = 64 * MiB
 # knn pruning (eager CPU): references in the spread sample that seeds each query's bound (at most a
 # sixteenth of the references); sub-tiles of this many entries stay in cache between the product and the
 # comparison that reads it back (single-thread NumPy, 512 x 50000 x 66 float32: 47 ms in 8192-column

@@ -120,7 +120,8 @@ def knn(
     shapes, also under ``jax.jit``) and on GPUs each tile instead selects its best 2k by the library's
     top-k, and the exact lists are merged; there, more than 2k references at exactly the same distance
     from one query could break a tie differently. Dask runs each (query block, reference block) pair as
-    one task and merges the lists in a tree, so it runs on a ``distributed`` cluster.
+    one task (the pruned search on the chunks; adjacent reference chunks grouped up to 64 MiB) and
+    merges the lists in a tree, so it runs on a ``distributed`` cluster.
 
     References
     ----------
