@@ -402,6 +402,23 @@ def test_single_threaded_products_from_any_thread():
     assert threads() == before
 
 
+def test_dask_row_blocks_run_with_single_threaded_products():
+    """Each Dask row-block task runs its eager code with BLAS at one thread (blocks run one per scheduler
+    thread), from any thread, and the setting comes back after."""
+    import concurrent.futures
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def threads(*_):
+        return tuple(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+    before = threads()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        inside = list(pool.map(lambda _: _dask._one_thread(threads, np.zeros(3)), range(4)))
+    assert all(set(t) <= {1} for t in inside)
+    assert threads() == before
+
+
 _DASK_LOSS_OPTIONS = [
     {},
     {"reduction": "sum"},

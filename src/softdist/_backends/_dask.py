@@ -4,6 +4,7 @@ user asks."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -172,7 +173,7 @@ def dask_row_blocks(
 
     per_row = [blocks(first)] + [blocks(x) for x in row_args[1:]]
     shared = [whole(x) for x in whole_args]
-    run = dask.delayed(fn, pure=True, nout=len(outputs))
+    run = dask.delayed(functools.partial(_one_thread, fn), pure=True, nout=len(outputs))
     results: list[list[Any]] = [[] for _ in outputs]
     for i, n_rows in enumerate(rows):
         parts = run(*[b[i] for b in per_row], *shared)
@@ -187,6 +188,14 @@ def dask_row_blocks(
         else:
             out.append(_linear._tree_sum(parts, xp=xp))
     return out
+
+
+# Blocks run one per scheduler thread: each with single-threaded products, as in dask_knn (2-thread BLAS
+# in two blocks at once: softmax_loss 20000 x 512 x 100 float32 in 8 row chunks took 1.0-1.6x the textbook
+# formula on Dask, single-threaded 0.83x; 2 busy cores).
+def _one_thread(fn: Callable[..., tuple[Any, ...]], *args: Any) -> tuple[Any, ...]:
+    with single_threaded_products(array_namespace(args[0])):
+        return fn(*args)
 
 
 def dask_softmax_rows(
