@@ -56,6 +56,10 @@ KNN_SAMPLE_COLUMNS = 1024
 KNN_SUBTILE_ENTRIES = 1 << 18
 KNN_POOL_UPDATE_PER_ROW = 4
 KNN_EXACT_CHUNK_ELEMENTS = 1 << 17
+# knn on JAX at float64: candidates per query and reference tile beyond the 2k kept, taken by a float32
+# top_k and checked against the float64 values (XLA's CPU top_k is fast only for float32); a row whose
+# 2k-th best is within a float32 rounding of the last candidate sends its tile to the float64 top_k.
+KNN_JAX_EXTRA_CANDIDATES = 12
 # Largest number of elements a direct-difference chunk materialises (2 MiB in float32; the exact sum
 # keeps about ten such temporaries).
 DIRECT_CHUNK_ELEMENTS = 1 << 19
