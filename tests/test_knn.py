@@ -159,3 +159,114 @@ def test_on_a_distributed_local_cluster(rng):
     np.testing.assert_array_equal(index, want_i)
     np.testing.assert_allclose(dist, want_d, rtol=1e-12)
     np.testing.assert_allclose(D, reference_sqdist(Q, X), rtol=1e-10)
+
+
+def _near_ties(rng, near: int, far: int, d: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Queries at 0 and references: ``near`` of them at squared distances 1 + j * 2**-40 (the same
+    float32 value, 1.0, distinct in float64), in shuffled rows, and ``far`` ones further than 4."""
+    X = rng.standard_normal((near + far, d))
+    X *= (2.0 + rng.random((near + far, 1))) / np.linalg.norm(X, axis=1, keepdims=True)
+    rows = rng.permutation(near + far)[:near]
+    X[rows] = 0.0
+    X[rows, rng.integers(0, d, near)] = np.sqrt(1.0 + rng.permutation(near) * 2.0**-40)
+    return np.zeros((3, d)), X
+
+
+class TestFloat32Candidates:
+    """The float64 JAX path picks candidates by a float32 top_k and checks them against the float64
+    values; these cases straddle float32 rounding (a float32 ranking would get them wrong) or defeat
+    the check (the float64 fallback). Every backend, against the long-double reference."""
+
+    @pytest.mark.parametrize(("near", "k"), [(5, 3), (40, 3), (40, 20)])
+    @pytest.mark.parametrize("working_memory", [None, 6000])
+    def test_near_ties_below_float32_resolution(self, backend: Backend, near, k, working_memory, rng):
+        Q, X = _near_ties(rng, near, 300)
+        want_d, want_i = reference_knn(Q, X, k, False)
+        dist, index = backend.call(softdist.knn, backend.asarray(Q), backend.asarray(X), k=k,
+                                   working_memory=working_memory)  # fmt: skip
+        np.testing.assert_array_equal(backend.to_numpy(index), want_i)
+        np.testing.assert_allclose(backend.to_numpy(dist), want_d, rtol=1e-12, atol=0)
+
+    @pytest.mark.parametrize("copies", [3, 50])
+    def test_duplicates_tie_by_index(self, backend: Backend, float_dtype, copies, rng):
+        Q = rng.standard_normal((20, 6))
+        X = rng.standard_normal((400, 6)) * 3.0
+        X[rng.permutation(400)[:copies]] = Q[4] + 0.25  # identical references: exact ties
+        Q, X = Q.astype(float_dtype), X.astype(float_dtype)
+        want_d, want_i = reference_knn(Q, X, 5, False)
+        dist, index = backend.call(softdist.knn, backend.asarray(Q), backend.asarray(X), k=5)
+        np.testing.assert_array_equal(backend.to_numpy(index), want_i)
+        np.testing.assert_allclose(
+            backend.to_numpy(dist), want_d, rtol={"float32": 1e-5, "float64": 1e-12}[float_dtype]
+        )
+
+    @pytest.mark.parametrize("exclude_self", [True, False])
+    def test_k_close_to_n(self, backend: Backend, exclude_self, rng):
+        Q = rng.standard_normal((60, 3))
+        Q[7] = Q[30]
+        k = 59 if exclude_self else 60
+        want_d, want_i = reference_knn(Q, None, k, exclude_self)
+        dist, index = backend.call(softdist.knn, backend.asarray(Q), k=k, exclude_self=exclude_self,
+                                   working_memory=5000)  # fmt: skip
+        np.testing.assert_array_equal(backend.to_numpy(index), want_i)
+        np.testing.assert_allclose(backend.to_numpy(dist), want_d, rtol=1e-12)
+
+
+def _jax_or_skip():
+    jax = pytest.importorskip("jax")
+    if not jax.config.read("jax_enable_x64"):
+        pytest.skip("float64 selection: needs JAX x64")
+    return jax
+
+
+@pytest.mark.parametrize("block", [1, 4])
+@pytest.mark.parametrize("case", ["random", "near_ties", "ties", "inf", "narrow"])
+def test_jax_float64_selection_equals_top_k(case, block, rng, monkeypatch):
+    jax = _jax_or_skip()
+    import jax.numpy as jnp
+
+    from softdist import _config
+    from softdist._backends import _jax
+
+    monkeypatch.setattr(_config, "KNN_JAX_SELECT_BLOCK", block)
+    D = rng.random((30, 403)) + 1.0
+    if case == "near_ties":  # 8 values per row within float32's rounding of 1.0, in random columns
+        for row in D:
+            row[rng.permutation(403)[:8]] = 1.0 + rng.permutation(8) * 2.0**-40
+    elif case == "ties":  # more equal values than candidates: the float64 fallback
+        D[:, rng.permutation(403)[:60]] = 1.0
+    elif case == "inf":
+        D[:5, 10:] = np.inf
+    elif case == "narrow":
+        D = D[:, :20]
+    count = 10
+    got = jax.jit(lambda D: _jax._smallest_columns(D, count))(jnp.asarray(D))
+    want = jax.lax.top_k(-jnp.asarray(D), min(count, D.shape[1]))[1]
+    np.testing.assert_array_equal(np.sort(np.asarray(got), axis=1), np.sort(np.asarray(want), axis=1))
+
+
+def test_jax_knn_equals_generic(rng):
+    """The JAX tile loop (float32 candidates, rank-count merges, exact distances once) against the
+    generic one with the generic selection, on NumPy, at float64 with near-ties and duplicates."""
+    _jax_or_skip()
+    import array_api_compat.numpy as xp
+    import jax.numpy as jnp
+    from array_api_compat import array_namespace
+
+    from softdist._agnostic import distances as gd
+    from softdist._agnostic import neighbors as gn
+    from softdist._backends import _jax
+    from softdist.distances import _sqdist
+
+    _, X = _near_ties(rng, 6, 250)
+    Q = np.concatenate([np.zeros((2, 4)), rng.standard_normal((40, 4))])
+    X[[3, 90, 200]] = Q[5]
+    for exclude_self, X_ in [(False, X), (True, Q)]:
+        common = {"k": 4, "exclude_self": exclude_self, "tile_rows": 16, "tile_cols": 64}
+        want = gn.knn(Q, X_, sqdist=lambda a, b: gd.pairwise_sqdist(a, b, xp=xp),
+                      select=lambda D, c: gn.select_smallest(D, c, xp=xp), xp=xp, **common)  # fmt: skip
+        Qj, Xj = jnp.asarray(Q), jnp.asarray(X_)
+        got = _jax.JaxBackend().knn(Qj, Xj, sqdist=_sqdist, dtype=jnp.float64, index_dtype=jnp.int64,
+                                    xp=array_namespace(Qj), **common)  # fmt: skip
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(np.asarray(g), w)

@@ -60,6 +60,8 @@ KNN_EXACT_CHUNK_ELEMENTS = 1 << 17
 # top_k and checked against the float64 values (XLA's CPU top_k is fast only for float32); a row whose
 # 2k-th best is within a float32 rounding of the last candidate sends its tile to the float64 top_k.
 KNN_JAX_EXTRA_CANDIDATES = 12
+# ... and that float32 top_k first picks blocks of this many columns by their minimum (1: off).
+KNN_JAX_SELECT_BLOCK = 16
 # Largest number of elements a direct-difference chunk materialises (2 MiB in float32; the exact sum
 # keeps about ten such temporaries).
 DIRECT_CHUNK_ELEMENTS = 1 << 19
