@@ -116,12 +116,15 @@ def knn(
     entries whose expansion value is at most ``min(t_q, current k-th best) + b_q`` and recomputes just
     those exactly. An entry whose exact distance could be among the k smallest (or tie with the k-th)
     has an expansion value within ``b_q`` of it, so it always passes: no neighbour and no tie is lost,
-    and after the first tiles one comparison pass per tile replaces a top-k selection. On JAX (static
-    shapes, also under ``jax.jit``) and on GPUs each tile instead selects its best 2k by the library's
-    top-k, and the exact lists are merged; there, more than 2k references at exactly the same distance
-    from one query could break a tie differently. Dask runs each (query block, reference block) pair as
-    one task (the pruned search on the chunks; adjacent reference chunks grouped up to 64 MiB) and
-    merges the lists in a tree, so it runs on a ``distributed`` cluster.
+    and after the first tiles one comparison pass per tile replaces a top-k selection. On GPUs each
+    tile instead selects its best 2k by the library's top-k, and the exact lists are merged; on JAX
+    (static shapes, also under ``jax.jit``) each query keeps its best 2k distance values over all of X
+    and only those are recomputed exactly (float64 candidates come from a float32 top-k, checked
+    against the float64 values, with the float64 top-k as the fallback). There, more than 2k
+    references at exactly the same distance from one query could break a tie differently. Dask runs
+    each (query block, reference block) pair as one task (the pruned search on the chunks; adjacent
+    reference chunks grouped up to 64 MiB) and merges the lists in a tree, so it runs on a
+    ``distributed`` cluster.
 
     References
     ----------
