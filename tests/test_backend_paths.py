@@ -286,6 +286,50 @@ def test_eager_linear_workspace_equals_generic(library, options, chunk_size, rng
         np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("parts", [2, 3])
+@pytest.mark.parametrize(
+    "options", [{}, {"z_loss": 0.1, "softcap": 4.0}, {"label_smoothing": 0.1, "reduction": "sum"}]
+)
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_threaded_numpy_head_equals_generic(parts, options, chunk_size, rng, monkeypatch):
+    """NumPy's linear head with its rows in one part per thread (own score buffer and dW each, added in
+    part order) gives the generic workspace's answer, for softmax_loss and the head with dX."""
+    from softdist import _config
+    from softdist._agnostic import linear as generic_linear
+
+    monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MIN_ROWS", 8)
+    monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MEMORY_SHARE", 1)
+    monkeypatch.setattr(_cpu, "cpu_workers", lambda: parts)
+    X, W, b = rng.standard_normal((61, 6)), rng.standard_normal((5, 6)), rng.standard_normal(5)
+    X[3] *= 1e3  # a row the unshifted fast kernel must repair
+    y = rng.integers(0, 5, 61)
+    threaded = []
+    pool = _cpu._head_pool
+
+    def spy(threads):
+        threaded.append(threads)
+        return pool(threads)
+
+    monkeypatch.setattr(_cpu, "_head_pool", spy)
+    results = []
+    for fast in (True, False):
+        if not fast:
+
+            def workspace(self, X, W, b, *, chunk_rows, work, want_dX, xp):
+                return generic_linear.Workspace(X, W, b, work=work, want_dX=want_dX, tree=False, xp=xp)
+
+            monkeypatch.setattr(_numpy.NumpyBackend, "linear_workspace", workspace)
+        head = softdist.linear_cross_entropy_and_grad(X, W, y, bias=b, chunk_size=chunk_size or "auto",
+                                                      **options)  # fmt: skip
+        loss = softdist.softmax_loss(W.T.copy(), X, y, b=b, reg=0.1, chunk_size=chunk_size,
+                                     label_smoothing=options.get("label_smoothing", 0.0))  # fmt: skip
+        results.append((*head, *loss))
+        if fast:
+            assert threaded == [parts - 1] * 2  # both calls ran on threads
+    for fast, slow in zip(*results, strict=True):
+        np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("library", ["numpy", "strict", "torch"])
 @pytest.mark.parametrize("layout", ["shuffled", "sorted", "clustered"])
 def test_knn_pruned_subtiles_sample_and_threads(library, layout, rng, monkeypatch):

@@ -66,6 +66,11 @@ KNN_JAX_SELECT_BLOCK = 16
 # keeps about ten such temporaries).
 DIRECT_CHUNK_ELEMENTS = 1 << 19
 
+# NumPy linear head (softmax_loss, linear_cross_entropy) on a thread per core: at least this many rows per
+# thread, and only while the threads' extra dW copies, times this factor, fit the score buffer.
+CPU_HEAD_THREAD_MIN_ROWS = 1024
+CPU_HEAD_THREAD_MEMORY_SHARE = 4
+
 # -- thresholds and safety factors -------------------------------------------------------------------------
 # Relative accuracy promised for distance entries that are not recomputed, per floating precision (bits).
 TARGET_RTOL = {32: 1e-4, 64: 1e-10}

@@ -161,6 +161,94 @@ class EagerCPUWorkspace(_linear.Workspace):
         return self.dX_out, self.dW_out, self.db_out
 
 
+_SINGLE_THREAD_LOCK = threading.Lock()
+
+
+# --- Linear head rows on a thread per core: NumPy --------------------------------------------------------
+# Why: the head's softmax passes (exp, row sums, scaling) are single-threaded NumPy ufuncs between two
+# two-thread BLAS products, so one core idles through them. Rows split into one contiguous part per core,
+# each run on its own thread with a single-threaded product (NumPy releases the GIL in BLAS and ufuncs),
+# keep both cores busy through every pass. softmax_loss, float32, 2 cores: 50000 x 256 x 100, 1.25x ->
+# ~1.0x the two products; 20000 x 512 x 100, 1.2x -> ~1.0x (softdist bench, softmax_loss; see issue 15).
+# Each part keeps its own dW and db, added in part order at the end (deterministic; the generic path's
+# answer to rounding: tests/test_backend_paths.py), so it is done only while those copies are small next
+# to the score buffer (_config.CPU_HEAD_THREAD_MEMORY_SHARE). Each part's chunk is the chunk divided by
+# the parts: the score buffers together hold what one did. A caller already on a worker thread (Dask's
+# blocks, a user's pool) has its parallelism: there, the rows run in order as before.
+def cpu_workers() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# [(process id, threads, executor)]: kept, as starting threads on each call cost 1-10 ms on a busy machine
+_HEAD_POOL: list[Any] = []
+
+
+def _head_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    """A long-lived pool of at least ``threads`` threads (made anew in a forked child)."""
+    with _SINGLE_THREAD_LOCK:
+        if _HEAD_POOL and (_HEAD_POOL[0][0] != os.getpid() or _HEAD_POOL[0][1] < threads):
+            _HEAD_POOL.clear()
+        if not _HEAD_POOL:
+            pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="softdist-head")
+            _HEAD_POOL.append((os.getpid(), threads, pool))
+        return _HEAD_POOL[0][2]
+
+
+def threaded_linear_head(
+    X: Any, W: Any, terms: _softmax.RowTerms, workspace: _linear.Workspace, *, chunk_rows: int,
+    want_grad: bool, xp: Any, **options: Any,
+) -> tuple[Any, Any | None, Any | None, Any | None]:  # fmt: skip
+    """:func:`softdist._agnostic.linear.linear_head`, its rows in one part per core on threads."""
+    n, d = X.shape
+    chunk = min(chunk_rows, n)
+    parts = min(cpu_workers(), n // max(1, _config.CPU_HEAD_THREAD_MIN_ROWS))
+    small_copies = (parts - 1) * d * _config.CPU_HEAD_THREAD_MEMORY_SHARE <= chunk
+    on_main = threading.current_thread() is threading.main_thread()
+    if parts < 2 or not small_copies or not isinstance(workspace, EagerCPUWorkspace) or not on_main:
+        return _linear.linear_head(
+            X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, xp=xp, **options
+        )
+    bounds = [n * i // parts for i in range(parts + 1)]
+    part_chunk = -(-chunk // parts)
+    dX = None
+    if want_grad and workspace.want_dX:
+        dX = xp.empty((n, d), dtype=W.dtype, device=device(W))
+
+    def run(i: int) -> tuple[Any, Any | None, Any | None, Any | None]:
+        start, stop = bounds[i], bounds[i + 1]
+        Xp = X[start:stop, ...]
+        ws = EagerCPUWorkspace(Xp, W, workspace.b, chunk_rows=part_chunk, work=workspace.work,
+                               want_dX=workspace.want_dX, xp=xp)  # fmt: skip
+        if dX is not None:
+            ws.dX_out = dX[start:stop, ...]  # written in place: no concatenation
+        return _linear.linear_head(
+            Xp, W, terms.rows(start, stop), ws, chunk_rows=part_chunk, want_grad=want_grad, xp=xp, **options
+        )
+
+    with single_threaded_products(xp) as limited:
+        if not limited:
+            return _linear.linear_head(
+                X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, xp=xp, **options
+            )
+        pool = _head_pool(parts - 1)
+        futures = [pool.submit(run, i) for i in range(1, parts)]
+        try:
+            first = run(0)  # the calling thread takes the first part
+        finally:
+            concurrent.futures.wait(futures)  # none still running once BLAS gets its threads back
+        results = [first] + [f.result() for f in futures]
+    row_loss = xp.concat([r[0] for r in results])
+    if not want_grad:
+        return row_loss, None, None, None
+    dW, db = results[0][2], results[0][3]
+    for r in results[1:]:  # in part order: the same bits on every run
+        dW += r[2]
+        if db is not None:
+            db += r[3]
+    return row_loss, dX, dW, db
+
+
 # --- k nearest neighbours: NumPy and PyTorch on the CPU ----------------------------------------------------
 # Why: a kNN query tile is a product followed by single-threaded comparison, compaction and exact
 # distances. Query tiles are independent and NumPy / torch release the GIL in both, so one thread per core
@@ -168,7 +256,6 @@ class EagerCPUWorkspace(_linear.Workspace):
 # same): no BLAS barrier per small product, which a busy machine turns into waits. 10000 x 10000 x 64
 # float32 on 2 shared cores: 3.3 s with 2-thread BLAS products one tile at a time, 1.0 s so (the products
 # alone, 2-thread BLAS: 1.1 s). Same tiles, same arithmetic: the generic path's bits.
-_SINGLE_THREAD_LOCK = threading.Lock()
 _BLAS_CONTROLLER: list[Any] = []
 _SINGLE_THREAD_STATE: dict[str, dict[str, Any]] = {
     kind: {"users": 0, "restore": None} for kind in ("torch", "blas")
@@ -254,7 +341,7 @@ def _one_thread_here(xp: Any) -> None:
 def knn_tile_map(xp: Any) -> _neighbors.TileMap | None:
     """``tile_map`` for :func:`softdist._agnostic.neighbors.knn_pruned`: query tiles on a thread per core
     with single-threaded products; None (in order) on one core."""
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = cpu_workers()
     if workers <= 1:
         return None
 

@@ -8,7 +8,7 @@ from typing import Any
 from .._agnostic import linear as _linear
 from .._agnostic import neighbors as _neighbors
 from .._agnostic import softmax as _softmax
-from ._cpu import EagerCPUWorkspace, eager_cpu_block, knn_tile_map
+from ._cpu import EagerCPUWorkspace, eager_cpu_block, knn_tile_map, threaded_linear_head
 from ._default import Backend
 
 
@@ -57,3 +57,7 @@ class NumpyBackend(Backend):
         self, X: Any, W: Any, b: Any | None, *, chunk_rows: int, work: Any, want_dX: bool, xp: Any
     ) -> _linear.Workspace:
         return EagerCPUWorkspace(X, W, b, chunk_rows=chunk_rows, work=work, want_dX=want_dX, xp=xp)
+
+    # Rows in one part per core on threads, single-threaded products (see _cpu.threaded_linear_head).
+    def linear_head(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        return threaded_linear_head(*args, **kwargs)
