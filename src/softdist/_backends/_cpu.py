@@ -168,8 +168,9 @@ _SINGLE_THREAD_LOCK = threading.Lock()
 # Why: the head's softmax passes (exp, row sums, scaling) are single-threaded NumPy ufuncs between two
 # two-thread BLAS products, so one core idles through them. Rows split into one contiguous part per core,
 # each run on its own thread with a single-threaded product (NumPy releases the GIL in BLAS and ufuncs),
-# keep both cores busy through every pass. softmax_loss, float32, 2 cores: 50000 x 256 x 100, 1.25x ->
-# ~1.0x the two products; 20000 x 512 x 100, 1.2x -> ~1.0x (softdist bench, softmax_loss; see issue 15).
+# keep both cores busy through every pass. softmax_loss, float32, 2 cores shared with other jobs (load
+# 6-8), median of interleaved runs against the two products: 50000 x 256 x 100 1.36x -> 1.16x, 20000 x
+# 512 x 100 1.24x -> 1.14x; linear_cross_entropy 4096 x 256 x 8000 1.17x -> 1.10x the three products.
 # Each part keeps its own dW and db, added in part order at the end (deterministic; the generic path's
 # answer to rounding: tests/test_backend_paths.py), so it is done only while those copies are small next
 # to the score buffer (_config.CPU_HEAD_THREAD_MEMORY_SHARE). Each part's chunk is the chunk divided by
