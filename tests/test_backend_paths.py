@@ -214,6 +214,62 @@ def test_eager_cpu_softmax_kernel_equals_generic(library, dtype, options, rng):
     np.testing.assert_allclose(np.asarray(in_grad), np.asarray(slow_grad), rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("data", ["ordinary", "wide-gaps", "edge"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"ignore_index": 1, "reduction": "sum"}, {"reduction": "none", "sample_weight": True},
+     {"class_weight": True}, {"class_weight": True, "label_smoothing": 0.1}],
+)  # fmt: skip
+def test_jax_softmax_kernel_equals_generic(dtype, data, options, rng):
+    """JAX's kernel (shifted by the label's logit, no max pass, the generic kernel under lax.cond for
+    batches it cannot take) gives the generic kernel's answer, eagerly and under jax.jit: ordinary
+    logits (its own path), gaps past 1/sqrt(tiny) between logits, and every edge row at once."""
+    jax = pytest.importorskip("jax")
+    from softdist.testing import jax_x64_wanted
+
+    if dtype == "float64" and not jax_x64_wanted():
+        pytest.skip("JAX x64 is off")
+    from array_api_compat import array_namespace
+
+    from softdist._agnostic import softmax as generic_softmax
+
+    n, c = 40, 9
+    if data == "edge":
+        z_np = _edge_logits(rng, dtype, n, c)
+    else:
+        z_np = (3 * rng.standard_normal((n, c))).astype(dtype)
+        if data == "wide-gaps":
+            z_np[5, 2] += 50 if dtype == "float32" else 400  # gamma / s would be subnormal: generic
+    labels_np = rng.integers(0, c, n)
+    labels_np[3] = 1  # an ignored row (with ignore_index=1) among the edge rows
+    z, labels = jax.numpy.asarray(z_np), jax.numpy.asarray(labels_np)
+    xp = array_namespace(z)
+    options = dict(options)
+    sw = jax.numpy.asarray(rng.random(n).astype(dtype)) if options.pop("sample_weight", False) else None
+    cw = jax.numpy.asarray(rng.random(c).astype(dtype) + 0.5) if options.pop("class_weight", False) else None
+
+    def both(z, labels, sw, cw):
+        terms = generic_softmax.index_row_terms(
+            labels, n_classes=c, dtype=z.dtype, sample_weight=sw, class_weight=cw,
+            label_smoothing=options.get("label_smoothing", 0.0), ignore_index=options.get("ignore_index"),
+            reduction=options.get("reduction", "mean"), checked=True, xp=xp,
+        )  # fmt: skip
+        slow = generic_softmax.block_loss_and_grad(z, terms, want_grad=True, xp=xp)
+        fast = _jax.jax_softmax_block(z, terms, want_grad=True, xp=xp)
+        fast_loss_only, none = _jax.jax_softmax_block(z, terms, want_grad=False, xp=xp)
+        assert none is None
+        return slow, fast, fast_loss_only
+
+    rtol = 20 * np.finfo(dtype).eps
+    for run in (both, jax.jit(both)):
+        (slow_loss, slow_grad), (fast_loss, fast_grad), loss_only = run(z, labels, sw, cw)
+        for fast, slow in ((fast_loss, slow_loss), (loss_only, slow_loss), (fast_grad, slow_grad)):
+            fast, slow = np.asarray(fast), np.asarray(slow)
+            scale = np.max(np.abs(slow[np.isfinite(slow)]), initial=1.0)
+            np.testing.assert_allclose(fast, slow, rtol=rtol, atol=rtol * scale)  # NaN and inf alike
+
+
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 def test_eager_cpu_softmax_kernel_large_sums(library, rng):
     """Logits near 88 keep exp finite in float32, but the mean's scale / sum is then subnormal (few
