@@ -410,15 +410,20 @@ def jax_linear_head(
 # reduction and inside the gradient's single pass, so no (n, C) temporary is written at all. A batch with
 # a row whose sum is out of [1, 1/sqrt(tiny)] (a logit gap past ~43 in float32, where gamma / s would be
 # subnormal; inf and NaN logits; rows of -inf) runs the generic kernel instead (lax.cond). Index labels
-# without label smoothing only (gamma is alpha). 100000 x 100 float32 under jax.jit, 2 shared CPU cores,
-# against jax.value_and_grad of optax's softmax_cross_entropy_with_integer_labels: 1.05-1.10x -> 0.93x
-# (interleaved medians). The generic kernel's answer to rounding: tests/test_backend_paths.py.
+# without label smoothing (gamma is alpha), on the CPU: on a GPU lax.cond reads its predicate on the
+# host, not measured. 100000 x 100 float32 under jax.jit, 2 CPU cores shared with other jobs, against
+# jax.value_and_grad of optax's softmax_cross_entropy_with_integer_labels: 1.08-1.13x -> 0.91-0.92x
+# (interleaved medians, wall and CPU time). The generic kernel's answer to rounding:
+# tests/test_backend_paths.py.
 def jax_softmax_block(
     z: Any, terms: _softmax.RowTerms, *, want_grad: bool, xp: Any, recompute: Any = None
 ) -> tuple[Any, Any | None]:
-    if terms.soft is not None or terms.beta is not None or terms.gamma is not terms.alpha:
-        return scattering_kernel(z, terms, want_grad=want_grad, xp=xp)
     import jax
+
+    simple = terms.soft is None and terms.beta is None and terms.gamma is terms.alpha
+    platform = jax.default_backend() if is_jax_tracer(z) else next(iter(z.devices())).platform
+    if not simple or platform != "cpu":
+        return scattering_kernel(z, terms, want_grad=want_grad, xp=xp)
 
     z_y = _softmax.gather_labels(z, terms.labels, xp=xp)
     s = xp.sum(xp.exp(z - z_y[:, None]), axis=1)
