@@ -51,11 +51,12 @@ DASK_KNN_REFERENCE_BYTES = 64 * MiB
 # tiles, 42 ms in 512); the bound also tightens inside a tile once this many entries per query and
 # neighbour wait (sorted input, where all neighbours come at once); exact distances of the candidates in
 # chunks of this many elements (100000 pairs x 64, one thread: float32 172 -> 112 ms, float64 389 -> 229
-# ms against DIRECT_CHUNK_ELEMENTS).
+# ms at 1 << 17 against DIRECT_CHUNK_ELEMENTS; the in-place CPU kernel, _cpu.exact_sqdist_rows, is
+# fastest at 512-1024 pairs x 64: 20-23 ns per element in float64, 31 at 2048).
 KNN_SAMPLE_COLUMNS = 1024
 KNN_SUBTILE_ENTRIES = 1 << 18
 KNN_POOL_UPDATE_PER_ROW = 4
-KNN_EXACT_CHUNK_ELEMENTS = 1 << 17
+KNN_EXACT_CHUNK_ELEMENTS = 1 << 16
 # knn on JAX at float64: candidates per query and reference tile beyond the 2k kept, taken by a float32
 # top_k and checked against the float64 values (XLA's CPU top_k is fast only for float32); a row whose
 # 2k-th best is within a float32 rounding of the last candidate sends its tile to the float64 top_k.

@@ -17,6 +17,7 @@ steps bound it:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from .. import _config
@@ -173,11 +174,13 @@ def exact_sqdist_rows(
 
 
 def direct_sqdist_pairs(
-    A: Any, B: Any, rows: Any, cols: Any, *, xp: Any, chunk_elements: int | None = None, **shortcuts: bool
-) -> Any:
+    A: Any, B: Any, rows: Any, cols: Any, *, xp: Any, chunk_elements: int | None = None,
+    kernel: Callable[..., Any] | None = None, **shortcuts: bool,
+) -> Any:  # fmt: skip
     """Exact squared distances of the pairs (A[rows], B[cols]) (:func:`exact_sqdist_rows`, which takes
     the ``shortcuts``), in chunks of ``chunk_elements`` (default DIRECT_CHUNK_ELEMENTS) that bound the
-    temporary memory; each pair is computed alone, so the chunking changes no bit."""
+    temporary memory; each pair is computed alone, so the chunking changes no bit. ``kernel`` replaces
+    :func:`exact_sqdist_rows` (a backend's version with the same bits; it may overwrite the taken rows)."""
     n_pairs = rows.shape[0]
     step = max(1, (chunk_elements or _config.DIRECT_CHUNK_ELEMENTS) // max(A.shape[1], 1))
     parts = []
@@ -185,7 +188,7 @@ def direct_sqdist_pairs(
         stop = min(start + step, n_pairs)
         a = xp.take(A, rows[start:stop], axis=0)
         b = xp.take(B, cols[start:stop], axis=0)
-        parts.append(exact_sqdist_rows(a, b, xp=xp, **shortcuts))
+        parts.append((kernel or exact_sqdist_rows)(a, b, xp=xp, **shortcuts))
     if len(parts) == 1:
         return parts[0]
     if not parts:

@@ -152,6 +152,19 @@ def _stack_rows(parts: list[Any], *, xp: Any) -> Any:
 # EXPANSION_BOUND, the spread sample's size, the sub-tile size, when the bound tightens inside a tile and
 # the exact distances' chunk size in softdist._config (KNN_*).
 TileMap = Callable[[Callable[[int], Any], list[int]], list[Any]]
+# ``screen(Qa, width)`` -> ``fn(Xs, limit)``: (Qa @ Xs, Qa @ Xs <= limit) for one query tile's sub-tiles
+# of at most ``width`` columns; a backend may write every sub-tile into the same buffers.
+Screen = Callable[[Any, int], Callable[[Any, Any], tuple[Any, Any]]]
+
+
+def screen_tiles(Qa: Any, width: int) -> Callable[[Any, Any], tuple[Any, Any]]:
+    """The generic :data:`Screen`: a new product and mask per sub-tile."""
+
+    def screen(Xs: Any, limit: Any) -> tuple[Any, Any]:
+        D = Qa @ Xs
+        return D, D <= limit
+
+    return screen
 
 
 def spread_sample(m: int, count: int) -> list[int]:
@@ -178,6 +191,9 @@ def knn_pruned(
     row_offset: int = 0,
     col_offset: int = 0,
     tile_map: TileMap | None = None,
+    flat_nonzero: Callable[[Any], Any] | None = None,
+    screen: Screen | None = None,
+    exact_rows: Callable[..., Any] | None = None,
 ) -> tuple[Any, Any]:
     """Same result as :func:`knn` for eager backends, without a top-k selection on every tile.
 
@@ -191,9 +207,13 @@ def knn_pruned(
     (distance, index). ``row_offset``/``col_offset`` place Q and X in a larger problem (Dask blocks):
     they decide which entry is a query's own row, and are added to the returned indices. ``tile_map(fn,
     starts)`` returns ``[fn(q0) for q0 in starts]`` (query tiles are independent: a backend may run
-    them in threads).
+    them in threads); ``flat_nonzero(mask)`` is ``xp.nonzero(mask)[0]`` for a 1-D mask (a backend may
+    compact faster); ``screen`` (:data:`Screen`, default :func:`screen_tiles`) computes each sub-tile's
+    expansion values and the mask of those under the query's limit; ``exact_rows`` replaces
+    :func:`softdist._agnostic.distances.exact_sqdist_rows` for the candidates (same bits).
     """
     nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
+    nonzero = flat_nonzero or (lambda mask: xp.nonzero(mask)[0])
     dev = device(Q)
     # The expansion runs on finite rows at a power-of-two scale that cannot overflow; rows with a NaN
     # or inf get a NaN norm, so no expansion entry of theirs passes a threshold, and their exact values
@@ -227,19 +247,19 @@ def knn_pruned(
         kth = _sample_kth(Qa @ sample_t, sample, k, q0 + row_offset, col_offset if exclude_self else None,
                           xp=xp, select=select)  # fmt: skip
         pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, select=select)
+        sub_tile = (screen or screen_tiles)(Qa, sub)
         for j0 in range(0, m, tile_cols):  # the bound tightens once per tile
             limit = pool.limit()[:, None]
             found, count = [], 0
             for s0 in range(j0, min(j0 + tile_cols, m), sub):
                 s1 = min(s0 + sub, j0 + tile_cols, m)
-                D = Qa @ X_t[:, s0:s1]
-                keep = D <= limit
+                D, keep = sub_tile(X_t[:, s0:s1], limit)
                 if exclude_self:
                     own = own_entries(q1 - q0, s1 - s0, q0 + row_offset, s0 + col_offset, xp=xp, dev=dev)
                     keep = keep if own is None else keep & ~own
                 # 1-D nonzero: NumPy's 2-D nonzero is ~10x slower per entry. (Compacting the rows with
                 # a hit first measured slower, on NumPy and on torch.)
-                (flat,) = xp.nonzero(xp.reshape(keep, (-1,)))
+                flat = nonzero(xp.reshape(keep, (-1,)))
                 if flat.shape[0] == 0:
                     continue
                 rows, columns = flat // (s1 - s0), xp.astype(flat % (s1 - s0), index_dtype) + s0
@@ -255,7 +275,8 @@ def knn_pruned(
         r, c = pool.candidates()
         # candidates are between finite rows (others have NaN expansion values)
         exact = direct_sqdist_pairs(Q[q0:q1, ...], X, r, c, xp=xp, finite=True, in_range=in_range, eager=True,
-                                    chunk_elements=_config.KNN_EXACT_CHUNK_ELEMENTS)  # fmt: skip
+                                    chunk_elements=_config.KNN_EXACT_CHUNK_ELEMENTS,
+                                    kernel=exact_rows)  # fmt: skip
         best_d = xp.full((q1 - q0, k), xp.inf, dtype=Q.dtype, device=dev)
         best_i = xp.full((q1 - q0, k), -1, dtype=index_dtype, device=dev)
         best_d, best_i = _merge_ragged(best_d, best_i, r, exact, c + col_offset, xp=xp)

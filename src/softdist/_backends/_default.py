@@ -107,6 +107,20 @@ class Backend:
         """How the pruned search runs its independent query tiles: None is in order, on this thread."""
         return None
 
+    def knn_flat_nonzero(self, xp: Any) -> Callable[[Any], Any] | None:
+        """``flat_nonzero(mask)`` for the pruned search: indices of the True entries of a 1-D mask, in
+        order; None is ``xp.nonzero(mask)[0]``."""
+        return None
+
+    def knn_screen(self, xp: Any) -> _neighbors.Screen | None:
+        """``screen`` for the pruned search (see _agnostic.neighbors.Screen); None is the generic one."""
+        return None
+
+    def knn_exact_rows(self, xp: Any) -> Callable[..., Any] | None:
+        """The pruned search's exact-distance kernel (same bits as
+        _agnostic.distances.exact_sqdist_rows, which None means)."""
+        return None
+
     def knn(
         self, Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
         sqdist: Callable[..., Any], dtype: Any, index_dtype: Any, xp: Any,
@@ -119,7 +133,8 @@ class Backend:
             if self.knn_pruning_applies(Q):
                 return _neighbors.knn_pruned(
                     Q, X, operands=self.augmented_operands, select=select, xp=xp,
-                    tile_map=self.knn_tile_map(xp), **tiles,
+                    tile_map=self.knn_tile_map(xp), flat_nonzero=self.knn_flat_nonzero(xp),
+                    screen=self.knn_screen(xp), exact_rows=self.knn_exact_rows(xp), **tiles,
                 )  # fmt: skip
             sqdist = functools.partial(sqdist, dtype=dtype, xp=xp)
             return _neighbors.knn(Q, X, sqdist=sqdist, select=select, xp=xp, **tiles)

@@ -8,7 +8,14 @@ from typing import Any
 from .._agnostic import linear as _linear
 from .._agnostic import neighbors as _neighbors
 from .._agnostic import softmax as _softmax
-from ._cpu import EagerCPUWorkspace, eager_cpu_block, knn_tile_map, threaded_linear_head
+from ._cpu import (
+    EagerCPUWorkspace,
+    eager_cpu_block,
+    exact_sqdist_rows,
+    knn_screen,
+    knn_tile_map,
+    threaded_linear_head,
+)
 from ._default import Backend
 
 
@@ -48,6 +55,14 @@ class NumpyBackend(Backend):
     # Query tiles on a thread per core, single-threaded products (see _cpu.knn_tile_map).
     def knn_tile_map(self, xp: Any) -> _neighbors.TileMap | None:
         return knn_tile_map(xp)
+
+    # Each query tile's sub-tiles reuse one product and one mask buffer (see _cpu.knn_screen).
+    def knn_screen(self, xp: Any) -> _neighbors.Screen | None:
+        return knn_screen(xp)
+
+    # The candidates' exact distances in reused buffers (see _cpu.exact_sqdist_rows): the same bits.
+    def knn_exact_rows(self, xp: Any) -> Any:
+        return exact_sqdist_rows
 
     # Eager and on the CPU: always the in-place kernel (see _cpu.eager_cpu_block: 3 passes instead of 7).
     def softmax_kernel(self, arrays: list[Any]) -> _softmax.Kernel:
