@@ -67,6 +67,13 @@ def _knn_data(rng):
     return Q, X
 
 
+def _knn_hooks(xp):
+    """The backend's own pieces of the pruned search (compaction, sub-tile screen, exact kernel)."""
+    backend = backend_for(xp)
+    return {"flat_nonzero": backend.knn_flat_nonzero(xp), "screen": backend.knn_screen(xp),
+            "exact_rows": backend.knn_exact_rows(xp)}  # fmt: skip
+
+
 @pytest.mark.parametrize("library", ["numpy", "strict", "torch", "jax", "dask"])
 @pytest.mark.parametrize("self_mode", [False, True])
 def test_knn_fast_paths_equal_generic(library, self_mode, rng):
@@ -101,7 +108,9 @@ def test_knn_fast_paths_equal_generic(library, self_mode, rng):
     else:
         operands = _numpy.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
         select = backend_for(xp).smallest_selector(xp)
-        dist, index = gn.knn_pruned(Qb, Xb, xp=xp, operands=operands, select=select, **options)
+        dist, index = gn.knn_pruned(
+            Qb, Xb, xp=xp, operands=operands, select=select, **_knn_hooks(xp), **options
+        )
     np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
     assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
 
@@ -431,7 +440,7 @@ def test_knn_pruned_subtiles_sample_and_threads(library, layout, rng, monkeypatc
         dist, index = gn.knn_pruned(
             backend.asarray(Qn), backend.asarray(Xn), xp=xp, operands=operands,
             select=backend_for(xp).smallest_selector(xp), tile_map=backend_for(xp).knn_tile_map(xp),
-            **options,
+            **_knn_hooks(xp), **options,
         )  # fmt: skip
         np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
         assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
@@ -442,6 +451,75 @@ def _numpy_blas(info: dict) -> bool:
     """NumPy's own BLAS (the one its products use): SciPy may load a second OpenBLAS later in the
     session, which softdist's products never call."""
     return info["user_api"] == "blas" and "numpy" in info["filepath"]
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 64, 65])
+def test_cpu_exact_rows_equal_generic(library, dtype, d, rng):
+    """The in-place CPU kernel of the kNN candidates' exact distances gives the generic kernel's bits:
+    equal rows (exactly 0), differences of an ulp, cancelling and tiny differences (scaled up), any
+    width of the pairwise tree; outside its shortcuts it hands over to the generic kernel."""
+    lib = pytest.importorskip(library)
+    from array_api_compat import array_namespace
+
+    a = rng.standard_normal((200, d)).astype(dtype)
+    b = rng.standard_normal((200, d)).astype(dtype)
+    b[:20] = a[:20]  # duplicates
+    b[20:40] = a[20:40] * (1 + np.finfo(dtype).eps)  # an ulp apart
+    a[40:60] *= np.finfo(dtype).tiny ** 0.5  # differences whose squares would underflow
+    b[40:60] = a[40:60] * 1.5
+    b[60:80] = (a[60:80] * 3.0).astype(dtype) - a[60:80] * 2.0  # cancellation
+    xp = array_namespace(lib.asarray(a))
+    for shortcuts in ({"finite": True, "in_range": True, "eager": True}, {"finite": True}):
+        want = generic.exact_sqdist_rows(lib.asarray(a), lib.asarray(b), xp=xp, **shortcuts)
+        got = _cpu.exact_sqdist_rows(lib.asarray(a.copy()), lib.asarray(b.copy()), xp=xp, **shortcuts)
+        assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
+
+
+def test_torch_flat_nonzero_equals_nonzero(rng):
+    """torch's compaction through int64 words: the indices torch.nonzero gives, in order, for any
+    length (a tail that is not a whole word), density and offset into the storage."""
+    torch = pytest.importorskip("torch")
+    from softdist._backends._torch import flat_nonzero
+
+    for n in (0, 1, 7, 8, 9, 64, 1003, 4096):
+        for p in (0.0, 0.01, 0.5, 1.0):
+            mask = torch.from_numpy(rng.random(n + 3) < p)
+            for part in (mask[:n], mask[3:], mask[1 : n + 1], mask[: n + 3 : 2]):
+                assert torch.equal(flat_nonzero(part), torch.nonzero(part)[:, 0])
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_knn_pruned_k_near_n(library, rng):
+    """k up to every reference (and every other row in self mode) through the CPU backends' pruned
+    search, ties and duplicates included: the generic path's bits."""
+    from softdist._agnostic import neighbors as gn
+    from softdist.testing import backend_by_name
+
+    backend = backend_by_name({"torch": "torch-cpu"}.get(library, library))
+    if backend.skip_reason():
+        pytest.skip(backend.skip_reason())
+    Q = rng.standard_normal((9, 4))
+    X = rng.standard_normal((21, 4))
+    X[3] = X[8] = Q[2]
+    X[10:14] = X[5]
+    import array_api_compat.numpy as xnp
+
+    for Qn, Xn, exclude, k in ((Q, X, False, 21), (Q, X, False, 20), (X, X, True, 20), (X, X, True, 19)):
+        options = {"k": k, "exclude_self": exclude, "tile_rows": 4, "tile_cols": 6}
+        generic_d, generic_i = gn.knn(
+            Qn, Xn, xp=xnp, select=lambda D, c: gn.select_smallest(D, c, xp=xnp),
+            sqdist=lambda a, b: generic.pairwise_sqdist(a, b, xp=xnp), **options,
+        )  # fmt: skip
+        xp = backend.xp
+        operands = _numpy.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
+        dist, index = gn.knn_pruned(
+            backend.asarray(Qn), backend.asarray(Xn), xp=xp, operands=operands,
+            select=backend_for(xp).smallest_selector(xp), **_knn_hooks(xp), **options,
+        )  # fmt: skip
+        np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
+        assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
