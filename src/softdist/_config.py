@@ -68,8 +68,13 @@ KNN_JAX_SELECT_BLOCK = 16
 DIRECT_CHUNK_ELEMENTS = 1 << 19
 
 # NumPy linear head (softmax_loss, linear_cross_entropy) on a thread per core: at least this many rows per
-# thread, and only while the threads' extra dW copies, times this factor, fit the score buffer.
-CPU_HEAD_THREAD_MIN_ROWS = 1024
+# thread, and only while the threads' extra dW copies, times this factor, fit the score buffer. None: off,
+# the default. On the quiet 2-core VM (two runs, medians of 3 x 7 interleaved calls, x the two products)
+# threaded against the serial loop with 2-thread BLAS: 20000 x 512 x 10 1.66 / 1.79 vs 0.92 / 1.24,
+# x 100 1.25 / 1.12 vs 1.18 / 1.15, 50000 x 256 x 100 1.56 / 1.24 vs 1.47 / 1.36 -- a loss at C = 10 and
+# a wash at C = 100; it had looked ahead only on the loaded machine. Kept and tested for machines where
+# it measures faster (set e.g. 1024).
+CPU_HEAD_THREAD_MIN_ROWS: int | None = None
 CPU_HEAD_THREAD_MEMORY_SHARE = 4
 
 # -- thresholds and safety factors -------------------------------------------------------------------------

@@ -205,7 +205,8 @@ def threaded_linear_head(
     """:func:`softdist._agnostic.linear.linear_head`, its rows in one part per core on threads."""
     n, d = X.shape
     chunk = min(chunk_rows, n)
-    parts = min(cpu_workers(), n // max(1, _config.CPU_HEAD_THREAD_MIN_ROWS))
+    min_rows = _config.CPU_HEAD_THREAD_MIN_ROWS
+    parts = 1 if min_rows is None else min(cpu_workers(), n // max(1, min_rows))
     small_copies = (parts - 1) * d * _config.CPU_HEAD_THREAD_MEMORY_SHARE <= chunk
     on_main = threading.current_thread() is threading.main_thread()
     if parts < 2 or not small_copies or not isinstance(workspace, EagerCPUWorkspace) or not on_main:
