@@ -74,6 +74,26 @@ def _knn_hooks(xp):
             "exact_rows": backend.knn_exact_rows(xp)}  # fmt: skip
 
 
+def _assert_pruned_equals_generic(backend, library, Qn, Xn, *, tile_map=None, **options):
+    """The pruned search with the backend's own hooks gives the generic static path's bits."""
+    import array_api_compat.numpy as xnp
+
+    from softdist._agnostic import neighbors as gn
+
+    generic_d, generic_i = gn.knn(
+        Qn, Xn, xp=xnp, select=lambda D, c: gn.select_smallest(D, c, xp=xnp),
+        sqdist=lambda a, b: generic.pairwise_sqdist(a, b, xp=xnp), **options,
+    )  # fmt: skip
+    xp = backend.xp
+    operands = _numpy.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
+    dist, index = gn.knn_pruned(
+        backend.asarray(Qn), backend.asarray(Xn), xp=xp, operands=operands,
+        select=backend_for(xp).smallest_selector(xp), tile_map=tile_map, **_knn_hooks(xp), **options,
+    )  # fmt: skip
+    np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
+    assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
+
+
 @pytest.mark.parametrize("library", ["numpy", "strict", "torch", "jax", "dask"])
 @pytest.mark.parametrize("self_mode", [False, True])
 def test_knn_fast_paths_equal_generic(library, self_mode, rng):
@@ -427,23 +447,11 @@ def test_knn_pruned_subtiles_sample_and_threads(library, layout, rng, monkeypatc
 
     fill = gn._fill_short_rows
     monkeypatch.setattr(gn, "_fill_short_rows", spy)
-    import array_api_compat.numpy as xnp
-
     for Qn, Xn, exclude in ((Q, X, False), (X, X, True)):
-        options = {"k": 6, "exclude_self": exclude, "tile_rows": 16, "tile_cols": 40}
-        generic_d, generic_i = gn.knn(
-            Qn, Xn, xp=xnp, select=lambda D, c: gn.select_smallest(D, c, xp=xnp),
-            sqdist=lambda a, b: generic.pairwise_sqdist(a, b, xp=xnp), **options,
+        _assert_pruned_equals_generic(
+            backend, library, Qn, Xn, tile_map=backend_for(backend.xp).knn_tile_map(backend.xp),
+            k=6, exclude_self=exclude, tile_rows=16, tile_cols=40,
         )  # fmt: skip
-        xp = backend.xp
-        operands = _numpy.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
-        dist, index = gn.knn_pruned(
-            backend.asarray(Qn), backend.asarray(Xn), xp=xp, operands=operands,
-            select=backend_for(xp).smallest_selector(xp), tile_map=backend_for(xp).knn_tile_map(xp),
-            **_knn_hooks(xp), **options,
-        )  # fmt: skip
-        np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
-        assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
     assert sum(filled) == 0
 
 
@@ -494,7 +502,6 @@ def test_torch_flat_nonzero_equals_nonzero(rng):
 def test_knn_pruned_k_near_n(library, rng):
     """k up to every reference (and every other row in self mode) through the CPU backends' pruned
     search, ties and duplicates included: the generic path's bits."""
-    from softdist._agnostic import neighbors as gn
     from softdist.testing import backend_by_name
 
     backend = backend_by_name({"torch": "torch-cpu"}.get(library, library))
@@ -504,22 +511,10 @@ def test_knn_pruned_k_near_n(library, rng):
     X = rng.standard_normal((21, 4))
     X[3] = X[8] = Q[2]
     X[10:14] = X[5]
-    import array_api_compat.numpy as xnp
-
     for Qn, Xn, exclude, k in ((Q, X, False, 21), (Q, X, False, 20), (X, X, True, 20), (X, X, True, 19)):
-        options = {"k": k, "exclude_self": exclude, "tile_rows": 4, "tile_cols": 6}
-        generic_d, generic_i = gn.knn(
-            Qn, Xn, xp=xnp, select=lambda D, c: gn.select_smallest(D, c, xp=xnp),
-            sqdist=lambda a, b: generic.pairwise_sqdist(a, b, xp=xnp), **options,
-        )  # fmt: skip
-        xp = backend.xp
-        operands = _numpy.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
-        dist, index = gn.knn_pruned(
-            backend.asarray(Qn), backend.asarray(Xn), xp=xp, operands=operands,
-            select=backend_for(xp).smallest_selector(xp), **_knn_hooks(xp), **options,
-        )  # fmt: skip
-        np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
-        assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
+        _assert_pruned_equals_generic(
+            backend, library, Qn, Xn, k=k, exclude_self=exclude, tile_rows=4, tile_cols=6
+        )
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
