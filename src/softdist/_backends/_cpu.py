@@ -88,6 +88,22 @@ def eager_cpu_block(
 # result, and dW is accumulated in place (torch: addmm_; NumPy: class blocks of at most 16 MiB,
 # _config.NUMPY_CLASS_BLOCK_BYTES, through one reused buffer, as NumPy has no GEMM that accumulates).
 # Same arithmetic, same order of summation over chunks as the generic path (tests/test_backend_paths.py).
+class EagerCPUKnnHooks:
+    """The pruned kNN search's CPU pieces, shared by the NumPy and torch backends."""
+
+    # Query tiles on a thread per core, single-threaded products (see knn_tile_map).
+    def knn_tile_map(self, xp: Any) -> _neighbors.TileMap | None:
+        return knn_tile_map(xp)
+
+    # Each query tile's sub-tiles reuse one product and one mask buffer (see knn_screen).
+    def knn_screen(self, xp: Any) -> _neighbors.Screen | None:
+        return knn_screen(xp)
+
+    # The candidates' exact distances in reused buffers (see exact_sqdist_rows): the same bits.
+    def knn_exact_rows(self, xp: Any) -> Any:
+        return exact_sqdist_rows
+
+
 class EagerCPUWorkspace(_linear.Workspace):
     def __init__(self, X: Any, W: Any, b: Any | None, *, chunk_rows: int, work: Any, want_dX: bool,
                  xp: Any) -> None:  # fmt: skip

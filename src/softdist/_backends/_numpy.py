@@ -6,16 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._agnostic import linear as _linear
-from .._agnostic import neighbors as _neighbors
 from .._agnostic import softmax as _softmax
-from ._cpu import (
-    EagerCPUWorkspace,
-    eager_cpu_block,
-    exact_sqdist_rows,
-    knn_screen,
-    knn_tile_map,
-    threaded_linear_head,
-)
+from ._cpu import EagerCPUKnnHooks, EagerCPUWorkspace, eager_cpu_block, threaded_linear_head
 from ._default import Backend
 
 
@@ -42,7 +34,7 @@ def numpy_augmented_operands(A: Any, B: Any, mean: Any, *, xp: Any) -> tuple[Any
     return A_aug, B_aug, ra, rb
 
 
-class NumpyBackend(Backend):
+class NumpyBackend(EagerCPUKnnHooks, Backend):
     name = "numpy"
     sklearn_native = True
     augmented_operands = staticmethod(numpy_augmented_operands)
@@ -51,18 +43,6 @@ class NumpyBackend(Backend):
     # routine array-api-extra's generic one wraps, without its NaN pass: NaN already sorts last.
     def select_smallest(self, D: Any, count: int, *, xp: Any) -> Any:
         return xp.argpartition(D, count - 1, axis=1)[:, :count]
-
-    # Query tiles on a thread per core, single-threaded products (see _cpu.knn_tile_map).
-    def knn_tile_map(self, xp: Any) -> _neighbors.TileMap | None:
-        return knn_tile_map(xp)
-
-    # Each query tile's sub-tiles reuse one product and one mask buffer (see _cpu.knn_screen).
-    def knn_screen(self, xp: Any) -> _neighbors.Screen | None:
-        return knn_screen(xp)
-
-    # The candidates' exact distances in reused buffers (see _cpu.exact_sqdist_rows): the same bits.
-    def knn_exact_rows(self, xp: Any) -> Any:
-        return exact_sqdist_rows
 
     # Eager and on the CPU: always the in-place kernel (see _cpu.eager_cpu_block: 3 passes instead of 7).
     def softmax_kernel(self, arrays: list[Any]) -> _softmax.Kernel:

@@ -8,9 +8,8 @@ from typing import Any
 
 from .. import _config
 from .._agnostic import linear as _linear
-from .._agnostic import neighbors as _neighbors
 from .._agnostic import softmax as _softmax
-from ._cpu import EagerCPUWorkspace, eager_cpu_block, exact_sqdist_rows, knn_screen, knn_tile_map
+from ._cpu import EagerCPUKnnHooks, EagerCPUWorkspace, eager_cpu_block
 from ._default import Backend, scattering_kernel
 
 
@@ -57,7 +56,7 @@ def flat_nonzero(mask: Any) -> Any:
     return found
 
 
-class TorchBackend(Backend):
+class TorchBackend(EagerCPUKnnHooks, Backend):
     name = "torch"
 
     def values_readable(self, arrays: Iterable[Any]) -> bool:
@@ -86,18 +85,6 @@ class TorchBackend(Backend):
 
     def knn_pruning_applies(self, x: Any) -> bool:
         return x.device.type == "cpu" and not is_torch_transformed([x])
-
-    # The pruned search runs on the CPU only: query tiles on a thread per core (see _cpu.knn_tile_map).
-    def knn_tile_map(self, xp: Any) -> _neighbors.TileMap | None:
-        return knn_tile_map(xp)
-
-    # Each query tile's sub-tiles reuse one product and one mask buffer (see _cpu.knn_screen).
-    def knn_screen(self, xp: Any) -> _neighbors.Screen | None:
-        return knn_screen(xp)
-
-    # The candidates' exact distances in reused buffers (see _cpu.exact_sqdist_rows): the same bits.
-    def knn_exact_rows(self, xp: Any) -> Any:
-        return exact_sqdist_rows
 
     def knn_flat_nonzero(self, xp: Any) -> Any:
         return flat_nonzero
