@@ -420,6 +420,13 @@ def test_bad_label_values(backend: Backend, kind):
     loss, grad = backend.to_numpy(loss), backend.to_numpy(grad)
     assert np.isnan(loss[1]) and np.all(np.isnan(grad[1]))
     assert np.all(np.isfinite(loss[[0, 2]])) and np.all(np.isfinite(grad[[0, 2]]))
+    # The mean: NaN, and the invalid row counts in the denominator on every backend (Dask's row blocks
+    # and jit alike): the other rows' gradient is (softmax - onehot) / 3.
+    loss, grad = backend.call(softdist.softmax_cross_entropy_and_grad, z, y)
+    loss, grad = backend.to_numpy(loss), backend.to_numpy(grad)
+    assert np.isnan(loss)
+    expected = (np.full(C, 1 / C) - np.eye(C)[labels[[0, 2]].astype(int)]) / 3
+    np.testing.assert_allclose(grad[[0, 2]], expected, rtol=1e-6)
 
 
 def test_integral_float_labels_are_accepted(rng):

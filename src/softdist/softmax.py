@@ -157,7 +157,9 @@ def _row_terms(
     plan: _Plan, labels: Any, n_classes: int, sw: Any, cw: Any, xp: Any, total: Any = None
 ) -> _generic.RowTerms:
     """The per-row coefficients; ``total``: the mean's denominator when these rows are one block of a
-    larger problem (see :func:`_weight_total`)."""
+    larger problem (see :func:`_weight_total`; an int where it is the number of rows)."""
+    if isinstance(total, int):
+        total = xp.asarray(total, dtype=plan.work, device=device(labels))
     options = {
         "dtype": plan.work, "reduction": plan.reduction, "label_smoothing": plan.label_smoothing, "xp": xp,
         "sample_weight": None if sw is None else xp.astype(sw, plan.work),
@@ -183,8 +185,19 @@ def _weight_total(plan: _Plan, n_classes: int, labels: Any, sw: Any, cw: Any) ->
     )  # fmt: skip
 
 
-def _block_weight_total(plan: _Plan, n_classes: int) -> Callable[..., Any] | None:
-    return functools.partial(_weight_total, plan, n_classes) if plan.reduction == "mean" else None
+def _block_weight_total(
+    plan: _Plan, n_classes: int, labels: Any, sw: Any, cw: Any
+) -> Callable[..., Any] | int | None:
+    """The mean's denominator for a problem computed in row blocks: None without a mean; the number of
+    rows where every row counts once (no weights, no ignore_index; as in
+    :func:`softdist._agnostic.softmax.index_row_terms`); else the per-block function whose sum over the
+    blocks it is."""
+    if plan.reduction != "mean":
+        return None
+    n = labels.shape[0]
+    if sw is None and cw is None and plan.ignore_index is None and isinstance(n, int):
+        return n  # known without a pass over the labels (Dask: no extra tasks or graph to build)
+    return functools.partial(_weight_total, plan, n_classes)
 
 
 def _reduce(row_loss: Any, reduction: str, xp: Any) -> Any:
@@ -207,7 +220,7 @@ def _logits_core(
         outputs = [("rows", (), plan.work)] + ([("rows", (n_classes,), plan.work)] if want_grad else [])
         row_loss, *grad = backend.row_blocks(
             functools.partial(_logits_block, plan=plan, want_grad=want_grad),
-            _block_weight_total(plan, n_classes), [logits, labels, sw], [], class_weight=cw,
+            _block_weight_total(plan, n_classes, labels, sw, cw), [logits, labels, sw], [], class_weight=cw,
             outputs=outputs, work=plan.work, xp=xp,
         )  # fmt: skip
         G = grad[0] if want_grad else None
@@ -287,9 +300,10 @@ def _head_row_blocks(
         out = _head_rows(Xb, Wb, yb, bb, swb, cwb, total, xp=array_namespace(Xb), **options)
         return tuple(o for o, keep in zip(out, wanted, strict=True) if keep)
 
+    total = _block_weight_total(plan, n_classes, labels, sw, cw)
     results = iter(
         backend_for(xp).row_blocks(
-            block, _block_weight_total(plan, n_classes), [X, labels, sw], [W, bias], class_weight=cw,
+            block, total, [X, labels, sw], [W, bias], class_weight=cw,
             outputs=[o for o, keep in zip(outputs, wanted, strict=True) if keep], work=plan.work, xp=xp,
         )
     )  # fmt: skip

@@ -137,7 +137,13 @@ def index_row_terms(
     if a is None:
         a = weight if cw_y is None else xp.ones(labels.shape, dtype=dtype, device=device(labels))
     if reduction == "mean":
-        if total is None:
+        n = labels.shape[0]
+        unweighted = sample_weight is None and cw_y is None and ignored is None
+        if total is None and unweighted and isinstance(n, int):
+            # Every row counts once, a row whose label is not a class (NaN) too, on every backend: the
+            # row count, exact, with no pass over the labels (Dask's row blocks need no extra tasks).
+            total = xp.asarray(n, dtype=dtype, device=device(labels))
+        elif total is None:
             total = xp.sum(weight if counted is None else xp.where(counted, weight, 0.0))
         a = a * _scale_of_total(total, xp=xp)
     if counted is not None:

@@ -148,28 +148,34 @@ def dask_row_blocks(
 ) -> list[Any]:
     """``fn(*row_blocks, *whole)`` once per row block of ``row_args[0]``, lazily.
 
-    ``row_args`` are chunked along their first axis like the first of them (one chunk along the
-    others); ``whole_args`` reach every task whole; None stays None. ``fn`` returns one array per
-    entry of ``outputs``, ``(how, trailing_shape, dtype)``: ``how`` "rows" concatenates the blocks'
-    arrays (block rows x trailing_shape), "sum" adds them (trailing_shape; a pairwise tree).
+    ``row_args`` are chunked along their first axis like the first of them (a 2-D one's column chunks
+    are joined in the task); ``whole_args`` reach every task whole; None and ints stay as they are.
+    ``fn`` returns one array per entry of ``outputs``, ``(how, trailing_shape, dtype)``: ``how``
+    "rows" concatenates the blocks' arrays (block rows x trailing_shape), "sum" adds them
+    (trailing_shape; a pairwise tree).
     """
     import dask
     import dask.array as da
     from dask.array.utils import meta_from_array
 
-    first = row_args[0].rechunk({i: -1 for i in range(1, row_args[0].ndim)})
+    first = row_args[0]
     rows = first.chunks[0]
 
     def blocks(x: Any) -> list[Any]:
         if x is None:
             return [None] * len(rows)
-        x = x.rechunk({0: rows} | {i: -1 for i in range(1, x.ndim)})
-        return list(x.to_delayed().reshape(-1))  # one Delayed per row block: keys, no compute
+        # Column chunks stay as they are, and the task joins them (_one_thread): a Dask rechunk would
+        # copy the same bytes in extra tasks.
+        x = x.rechunk({0: rows} | {i: -1 for i in range(2, x.ndim)})
+        # One Delayed per block: keys, no compute. Unoptimised: compute() optimises the whole graph
+        # once (optimising here too cost ~1 ms per input at every call).
+        grid = x.to_delayed(optimize_graph=False).reshape(len(rows), -1)
+        return [list(parts) if len(parts) > 1 else parts[0] for parts in grid]
 
     def whole(x: Any) -> Any:
-        if x is None:
-            return None
-        return (x.rechunk(-1) if x.ndim else x).to_delayed().reshape(-1)[0]
+        if x is None or isinstance(x, int):
+            return x
+        return (x.rechunk(-1) if x.ndim else x).to_delayed(optimize_graph=False).reshape(-1)[0]
 
     per_row = [blocks(first)] + [blocks(x) for x in row_args[1:]]
     shared = [whole(x) for x in whole_args]
@@ -193,14 +199,16 @@ def dask_row_blocks(
 # Blocks run one per scheduler thread: each with single-threaded products, as in dask_knn (2-thread BLAS
 # in two blocks at once: softmax_loss 20000 x 512 x 100 float32 in 8 row chunks took 1.0-1.6x the textbook
 # formula on Dask, single-threaded 0.83x; 2 busy cores).
+# A row block that arrives in column chunks is joined here, in the task.
 def _one_thread(fn: Callable[..., tuple[Any, ...]], *args: Any) -> tuple[Any, ...]:
+    args = tuple(array_namespace(*a).concat(a, axis=1) if isinstance(a, list) else a for a in args)
     with single_threaded_products(array_namespace(args[0])):
         return fn(*args)
 
 
 def dask_softmax_rows(
     block: Callable[..., tuple[Any, ...]],
-    weight_total: Callable[..., Any] | None,
+    weight_total: Callable[..., Any] | int | None,
     row_args: list[Any | None],
     whole_args: list[Any | None],
     *,
@@ -211,10 +219,10 @@ def dask_softmax_rows(
 ) -> list[Any]:
     """``block(*row_blocks, *whole, class_weight, total)`` per row block (:func:`dask_row_blocks`):
     row_args are (scores input, labels, sample weight); ``total`` is the mean's denominator over all
-    rows, the tree sum of ``weight_total(labels, sample_weight, class_weight)`` over the row blocks
-    (None without ``weight_total``)."""
-    total = None
-    if weight_total is not None:
+    rows: ``weight_total`` itself where it is an int, else the tree sum of ``weight_total(labels,
+    sample_weight, class_weight)`` over the row blocks (None without ``weight_total``)."""
+    total = weight_total if isinstance(weight_total, int) else None
+    if callable(weight_total):
 
         def partial_total(*args: Any) -> tuple[Any]:
             return (weight_total(*args),)
