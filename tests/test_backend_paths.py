@@ -485,17 +485,22 @@ def test_cpu_exact_rows_equal_generic(library, dtype, d, rng):
         assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
 
 
-def test_torch_flat_nonzero_equals_nonzero(rng):
-    """torch's compaction through int64 words: the indices torch.nonzero gives, in order, for any
-    length (a tail that is not a whole word), density and offset into the storage."""
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_flag_positions_equal_nonzero(dtype, rng):
+    """torch's compaction of 0/1 flags through group and octet sums: the indices NumPy's nonzero gives,
+    in order, for any length (a tail that is not a whole group), density and offset into the storage."""
     torch = pytest.importorskip("torch")
-    from softdist._backends._torch import flat_nonzero
+    from softdist._backends._torch import torch_flag_positions
 
-    for n in (0, 1, 7, 8, 9, 64, 1003, 4096):
-        for p in (0.0, 0.01, 0.5, 1.0):
-            mask = torch.from_numpy(rng.random(n + 3) < p)
-            for part in (mask[:n], mask[3:], mask[1 : n + 1], mask[: n + 3 : 2]):
-                assert torch.equal(flat_nonzero(part), torch.nonzero(part)[:, 0])
+    for n in (0, 1, 7, 8, 9, 63, 64, 65, 1003, 4096, 262144):
+        for p in (0.0, 0.001, 0.01, 0.5, 1.0):
+            mask = rng.random(n + 3) < p
+            flags = torch.from_numpy(mask.astype(dtype))
+            for start in (0, 1, 3):
+                want = np.nonzero(mask[start : start + n])[0]
+                got = torch_flag_positions(flags[start : start + n])
+                np.testing.assert_array_equal(np.asarray(got), want)
+                assert got.dtype == torch.int64
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])

@@ -152,17 +152,24 @@ def _stack_rows(parts: list[Any], *, xp: Any) -> Any:
 # EXPANSION_BOUND, the spread sample's size, the sub-tile size, when the bound tightens inside a tile and
 # the exact distances' chunk size in softdist._config (KNN_*).
 TileMap = Callable[[Callable[[int], Any], list[int]], list[Any]]
-# ``screen(Qa, width)`` -> ``fn(Xs, limit)``: (Qa @ Xs, Qa @ Xs <= limit) for one query tile's sub-tiles
-# of at most ``width`` columns; a backend may write every sub-tile into the same buffers.
+# ``screen(Qa, width)`` -> ``fn(Xs, limit)``: for one query tile's sub-tiles of at most ``width`` columns,
+# (flat, values): the row-major positions of the entries of Qa @ Xs that are <= their row's ``limit``, in
+# order, and those entries; a backend may write every sub-tile into the same buffers.
 Screen = Callable[[Any, int], Callable[[Any, Any], tuple[Any, Any]]]
 
 
-def screen_tiles(Qa: Any, width: int) -> Callable[[Any, Any], tuple[Any, Any]]:
+def screen_tiles(
+    Qa: Any, width: int, *, xp: Any, flat_nonzero: Callable[[Any], Any] | None = None
+) -> Callable[[Any, Any], tuple[Any, Any]]:
     """The generic :data:`Screen`: a new product and mask per sub-tile."""
+    nonzero = flat_nonzero or (lambda mask: xp.nonzero(mask)[0])
 
     def screen(Xs: Any, limit: Any) -> tuple[Any, Any]:
         D = Qa @ Xs
-        return D, D <= limit
+        # 1-D nonzero: NumPy's 2-D nonzero is ~10x slower per entry. (Compacting the rows with a hit
+        # first measured slower, on NumPy and on torch.)
+        flat = nonzero(xp.reshape(D <= limit, (-1,)))
+        return flat, xp.take(xp.reshape(D, (-1,)), flat)
 
     return screen
 
@@ -213,7 +220,6 @@ def knn_pruned(
     :func:`softdist._agnostic.distances.exact_sqdist_rows` for the candidates (same bits).
     """
     nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
-    nonzero = flat_nonzero or (lambda mask: xp.nonzero(mask)[0])
     dev = device(Q)
     # The expansion runs on finite rows at a power-of-two scale that cannot overflow; rows with a NaN
     # or inf get a NaN norm, so no expansion entry of theirs passes a threshold, and their exact values
@@ -247,24 +253,23 @@ def knn_pruned(
         kth = _sample_kth(Qa @ sample_t, sample, k, q0 + row_offset, col_offset if exclude_self else None,
                           xp=xp, select=select)  # fmt: skip
         pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, select=select)
-        sub_tile = (screen or screen_tiles)(Qa, sub)
+        sub_tile = screen(Qa, sub) if screen else screen_tiles(Qa, sub, xp=xp, flat_nonzero=flat_nonzero)
         for j0 in range(0, m, tile_cols):  # the bound tightens once per tile
             limit = pool.limit()[:, None]
             found, count = [], 0
             for s0 in range(j0, min(j0 + tile_cols, m), sub):
                 s1 = min(s0 + sub, j0 + tile_cols, m)
-                D, keep = sub_tile(X_t[:, s0:s1], limit)
-                if exclude_self:
-                    own = own_entries(q1 - q0, s1 - s0, q0 + row_offset, s0 + col_offset, xp=xp, dev=dev)
-                    keep = keep if own is None else keep & ~own
-                # 1-D nonzero: NumPy's 2-D nonzero is ~10x slower per entry. (Compacting the rows with
-                # a hit first measured slower, on NumPy and on torch.)
-                flat = nonzero(xp.reshape(keep, (-1,)))
+                flat, values = sub_tile(X_t[:, s0:s1], limit)
                 if flat.shape[0] == 0:
                     continue
                 rows, columns = flat // (s1 - s0), xp.astype(flat % (s1 - s0), index_dtype) + s0
-                found.append((rows, columns, xp.take(xp.reshape(D, (-1,)), flat)))
-                count += flat.shape[0]
+                if exclude_self and _crosses(q0 + row_offset, q1 - q0, s0 + col_offset, s1 - s0):
+                    # the query's own row never counts: dropped from the few kept entries
+                    shift = q0 + row_offset - col_offset
+                    (other,) = xp.nonzero(xp.astype(rows, index_dtype) + shift != columns)
+                    rows, columns, values = (xp.take(a, other) for a in (rows, columns, values))
+                found.append((rows, columns, values))
+                count += rows.shape[0]
                 if count > _config.KNN_POOL_UPDATE_PER_ROW * k * (
                     q1 - q0
                 ):  # sorted input: the neighbours come at once
@@ -289,6 +294,11 @@ def knn_pruned(
 
     found = (tile_map or _serial_map)(query_tile, list(range(0, nq, tile_rows)))
     return _stack_rows([f[0] for f in found], xp=xp), _stack_rows([f[1] for f in found], xp=xp)
+
+
+def _crosses(q0: int, tq: int, j0: int, tm: int) -> bool:
+    """Whether queries q0.. (tq of them) and references j0.. (tm) share a global row."""
+    return q0 < j0 + tm and j0 < q0 + tq
 
 
 def _serial_map(fn: Callable[[int], Any], items: list[int]) -> list[Any]:
