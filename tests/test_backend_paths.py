@@ -486,21 +486,30 @@ def test_cpu_exact_rows_equal_generic(library, dtype, d, rng):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_torch_flag_positions_equal_nonzero(dtype, rng):
-    """torch's compaction of 0/1 flags through group and octet sums: the indices NumPy's nonzero gives,
-    in order, for any length (a tail that is not a whole group), density and offset into the storage."""
+def test_torch_kept_positions_equal_nonzero(dtype, rng):
+    """torch's search of the entries under each row's limit, group by group: the indices NumPy's
+    nonzero of the mask gives, in order, for any width (whole groups of 64 or not, narrower than one),
+    density, ties with the limit, NaN entries, rows and limits, and an infinite limit."""
     torch = pytest.importorskip("torch")
-    from softdist._backends._torch import torch_flag_positions
+    from softdist._backends._torch import torch_kept_positions
 
-    for n in (0, 1, 7, 8, 9, 63, 64, 65, 1003, 4096, 262144):
-        for p in (0.0, 0.001, 0.01, 0.5, 1.0):
-            mask = rng.random(n + 3) < p
-            flags = torch.from_numpy(mask.astype(dtype))
-            for start in (0, 1, 3):
-                want = np.nonzero(mask[start : start + n])[0]
-                got = torch_flag_positions(flags[start : start + n])
-                np.testing.assert_array_equal(np.asarray(got), want)
-                assert got.dtype == torch.int64
+    for rows, w in ((1, 1), (3, 63), (5, 64), (7, 65), (16, 128), (33, 200), (512, 512), (64, 1000)):
+        for p in (0.0, 0.001, 0.01, 0.3, 1.0):
+            D = rng.standard_normal((rows, w)).astype(dtype)
+            limit = (
+                np.quantile(D, p, axis=1, keepdims=True).astype(dtype)
+                if p < 1
+                else np.full((rows, 1), np.inf, dtype)
+            )
+            D[:, ::7] = np.where(rng.random((rows, 1)) < 0.3, limit, D[:, ::7])  # ties: kept
+            if rows > 2:
+                D[1, :] = np.nan  # a non-finite query
+                D[:, w // 2] = np.nan  # a non-finite reference
+                limit[2] = np.nan
+            want = np.nonzero((D <= limit).reshape(-1))[0]
+            got = torch_kept_positions(torch.from_numpy(D), torch.from_numpy(limit))
+            np.testing.assert_array_equal(np.asarray(got), want)
+            assert got.dtype == torch.int64
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])

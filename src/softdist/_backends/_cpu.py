@@ -383,28 +383,23 @@ def knn_tile_map(xp: Any) -> _neighbors.TileMap | None:
 # each time (large blocks go back to the OS on free): a 512 x 512 float64 torch addition took 2.5 ms
 # with a new output against 0.22 ms into an existing one (NumPy 0.41 against 0.19 ms). One product
 # buffer and one mask buffer per query tile, reused by every sub-tile. The product is the same GEMM.
-# torch: the comparison writes 0/1 in the product's dtype and torch_flag_positions compacts it (see
-# there), as torch's comparison into a bool tensor is an unvectorised loop (512 x 512 float32, one
-# thread: 0.29-0.43 ms into bool, 0.05-0.08 ms into float32; NumPy 0.08-0.12 ms).
+# torch: no mask buffer, the kept entries are found group by group (see _torch.torch_kept_positions).
 def knn_screen(xp: Any) -> _neighbors.Screen:
     """``screen`` for :func:`softdist._agnostic.neighbors.knn_pruned` on NumPy and torch (CPU)."""
     if is_torch_namespace(xp):
         import torch
 
-        from ._torch import octet_blocks, torch_flag_positions
+        from ._torch import octet_blocks, torch_kept_positions
 
         def torch_screen(Qa: Any, width: int) -> Callable[[Any, Any], tuple[Any, Any]]:
             rows = Qa.shape[0]
             values = torch.empty((rows * width,), dtype=Qa.dtype, device=Qa.device)
-            flags = torch.empty((rows * width,), dtype=Qa.dtype, device=Qa.device)
             blocks = octet_blocks(Qa.dtype)
 
             def sub_tile(Xs: Any, limit: Any) -> tuple[Any, Any]:
-                size = rows * Xs.shape[1]
-                D = values[:size]
+                D = values[: rows * Xs.shape[1]]
                 torch.mm(Qa, Xs, out=D.view(rows, Xs.shape[1]))
-                torch.le(D.view(rows, Xs.shape[1]), limit, out=flags[:size].view(rows, Xs.shape[1]))
-                flat = torch_flag_positions(flags[:size], blocks)
+                flat = torch_kept_positions(D.view(rows, Xs.shape[1]), limit, blocks)
                 return flat, torch.index_select(D, 0, flat)
 
             return sub_tile

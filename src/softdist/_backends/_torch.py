@@ -35,12 +35,14 @@ def eager_cpu_fast_path_applies(arrays: list[Any]) -> bool:
     )
 
 
-# Why: torch.nonzero costs ~3.5 ns per entry on the CPU whatever the dtype (1 ms for a 512 x 512 kNN
-# sub-tile's mask, NumPy's 0.05 ms), and the hits are few (0.1-1 % of a sub-tile after the first tiles).
-# So nonzero runs on few entries: the flags' sums in groups of 64 (a vectorised reduction), then the hit
-# groups' sums by octet (a small product with a 0/1 block matrix: torch's reductions over 8 entries are
-# slow), then the flags of the hit octets. 512 x 512 float32 at 0.3 % hits, one thread: 0.12-0.24 ms
-# against 1 ms. Same indices, same order (tests/test_backend_paths.py).
+# Why: a kNN sub-tile keeps the entries D[i, j] <= limit[i], 0.1-1 % of them after the first tiles. In
+# torch both steps of the plain way are slow per entry on the CPU: comparing into a bool tensor is an
+# unvectorised loop (512 x 512 float32, one thread: 0.29-0.43 ms; NumPy 0.08-0.12 ms) and torch.nonzero
+# costs ~3.5 ns per entry whatever the dtype (~1 ms; NumPy 0.05 ms). So the comparison runs on the
+# minima of groups of 64 columns (a vectorised reduction; NaN counts as a hit), the hit groups are
+# compared in full into their float dtype (vectorised), summed by octet (a small product with a 0/1
+# block matrix: torch's reductions over 8 entries are slow), and nonzero runs only on the octet sums and
+# the hit octets. Same indices, same order (tests/test_backend_paths.py).
 def octet_blocks(dtype: Any) -> Any:
     """The (64, 8) matrix that sums a group of 64 flags by octet."""
     import torch
@@ -48,23 +50,35 @@ def octet_blocks(dtype: Any) -> Any:
     return (torch.arange(64)[:, None] // 8 == torch.arange(8)[None, :]).to(dtype)
 
 
-def torch_flag_positions(flags: Any, blocks: Any | None = None) -> Any:
-    """``torch.nonzero(flags)[:, 0]`` for a contiguous 1-D tensor of 0.0 / 1.0 flags (``blocks``:
-    :func:`octet_blocks` of their dtype)."""
+def torch_kept_positions(D: Any, limit: Any, blocks: Any | None = None) -> Any:
+    """``torch.nonzero((D <= limit).reshape(-1))[:, 0]`` for a contiguous (rows, w) CPU tensor ``D`` and
+    a (rows, 1) ``limit`` (``blocks``: :func:`octet_blocks` of their dtype)."""
     import torch
 
-    n = flags.shape[0]
-    body = n - n % 64
-    blocks = octet_blocks(flags.dtype) if blocks is None else blocks
-    groups = flags[:body].view(-1, 64)
-    (hit,) = torch.nonzero(groups.sum(1), as_tuple=True)
-    (octet,) = torch.nonzero(torch.mm(torch.index_select(groups, 0, hit), blocks).view(-1), as_tuple=True)
-    octet = torch.index_select(hit, 0, octet >> 3) * 8 + (octet & 7)
-    (inside,) = torch.nonzero(torch.index_select(flags[:body].view(-1, 8), 0, octet).view(-1), as_tuple=True)
-    found = torch.index_select(octet, 0, inside >> 3) * 8 + (inside & 7)
-    if body < n:
-        found = torch.cat([found, torch.nonzero(flags[body:])[:, 0] + body])
-    return found
+    w = D.shape[1]
+    groups = w // 64
+    main = torch.zeros((0,), dtype=torch.int64)
+    if groups:
+        G = D[:, : groups * 64].unflatten(1, (groups, 64))
+        (hit,) = torch.nonzero(torch.gt(G.amin(2), limit).logical_not_().view(-1), as_tuple=True)
+        row = torch.div(hit, groups, rounding_mode="floor")
+        start = row * w + (hit - row * groups) * 64  # each hit group's first flat position
+        if w == groups * 64:  # whole rows of groups: group number = hit
+            H = torch.index_select(D.view(-1, 64), 0, hit)
+        else:
+            H = G[row, hit - row * groups]
+        flags = torch.empty_like(H)
+        torch.le(H, torch.index_select(limit[:, 0], 0, row)[:, None], out=flags)
+        blocks = octet_blocks(D.dtype) if blocks is None else blocks
+        (octet,) = torch.nonzero(torch.mm(flags, blocks).view(-1), as_tuple=True)
+        (inside,) = torch.nonzero(torch.index_select(flags.view(-1, 8), 0, octet).view(-1), as_tuple=True)
+        at = torch.index_select(octet, 0, inside >> 3) * 8 + (inside & 7)  # flat position in H
+        main = torch.index_select(start, 0, at >> 6) + (at & 63)
+    if w == groups * 64:
+        return main
+    tail_rows, tail_cols = torch.nonzero(D[:, groups * 64 :] <= limit, as_tuple=True)
+    tail = tail_rows * w + tail_cols + groups * 64
+    return torch.sort(torch.cat([main, tail])).values if groups else tail
 
 
 class TorchBackend(EagerCPUKnnHooks, Backend):

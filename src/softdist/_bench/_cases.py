@@ -210,10 +210,31 @@ def _blocked_products(Q: Any, X: Any) -> Any:
     n, m = Q.shape[0], X.shape[0]
     rows = max(1, 2**28 // (m * array_namespace(Q).finfo(Q.dtype).bits // 8))
     XT = X.T
+    into = _product_into(Q)
+    # NumPy and torch on the CPU: every block into one reused output, so the bound is the GEMMs and not
+    # the page faults of a fresh 256 MiB output per block (torch's CPU allocator returns large blocks to
+    # the OS: 1024 x 64 @ 64 x 50000 float32 took 102 ms into a new output, 42 ms into an existing one).
+    buffer = None if into is None else into.empty((min(rows, n), m), dtype=Q.dtype)
     last = None
     for start in range(0, n, rows):
-        last = _matmul(Q[start : min(start + rows, n), :], XT)
+        block = Q[start : min(start + rows, n), :]
+        if into is None:
+            last = _matmul(block, XT)
+        else:
+            last = into.matmul(block, XT, out=buffer[: block.shape[0]])
     return last
+
+
+def _product_into(Q: Any) -> Any:
+    """NumPy or torch (the module) when ``Q`` is one of their CPU arrays, whose matmul takes ``out=``;
+    else None."""
+    if isinstance(Q, np.ndarray):
+        return np
+    if type(Q).__module__.startswith("torch") and Q.device.type == "cpu":
+        import torch
+
+        return torch
+    return None
 
 
 class Knn(_PointPairs):
