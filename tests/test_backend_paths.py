@@ -71,7 +71,7 @@ def _knn_hooks(xp):
     """The backend's own pieces of the pruned search (compaction, sub-tile screen, exact kernel)."""
     backend = backend_for(xp)
     return {"flat_nonzero": backend.knn_flat_nonzero(xp), "screen": backend.knn_screen(xp),
-            "exact_rows": backend.knn_exact_rows(xp)}  # fmt: skip
+            "exact_rows": backend.knn_exact_rows(xp), "finite_rows": backend.knn_finite_rows(xp)}  # fmt: skip
 
 
 def _assert_pruned_equals_generic(backend, library, Qn, Xn, *, tile_map=None, **options):
@@ -510,6 +510,22 @@ def test_torch_kept_positions_equal_nonzero(dtype, rng):
             got = torch_kept_positions(torch.from_numpy(D), torch.from_numpy(limit))
             np.testing.assert_array_equal(np.asarray(got), want)
             assert got.dtype == torch.int64
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_finite_rows_equal_isfinite(dtype, rng):
+    """torch's finite rows through X - X: NumPy's all(isfinite) per row, with NaN, both infinities and
+    the largest finite values."""
+    torch = pytest.importorskip("torch")
+    from softdist._backends._torch import torch_finite_rows
+
+    X = rng.standard_normal((40, 7)).astype(dtype)
+    big = np.finfo(dtype).max
+    X[1, 3], X[2, 0], X[3, 6], X[4, :] = np.nan, np.inf, -np.inf, big
+    X[5, 2], X[6, :2], X[7, 1] = -big, (np.inf, -np.inf), np.finfo(dtype).smallest_subnormal
+    got = torch_finite_rows(torch.from_numpy(X), xp=None)
+    np.testing.assert_array_equal(np.asarray(got), np.all(np.isfinite(X), axis=1))
+    assert got.dtype == torch.bool
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])

@@ -13,7 +13,8 @@ from typing import Any
 
 from .. import _config
 from .._lib._compat import argpartition, default_dtype, device
-from .distances import column_mean, direct_sqdist_pairs, finite_rows, overflow_scale
+from .distances import column_mean, direct_sqdist_pairs, overflow_scale
+from .distances import finite_rows as _finite_rows
 
 Select = Callable[[Any, int], Any]
 # Index given to a query's own row while it is carried through a merge: past every real index (and
@@ -201,6 +202,7 @@ def knn_pruned(
     flat_nonzero: Callable[[Any], Any] | None = None,
     screen: Screen | None = None,
     exact_rows: Callable[..., Any] | None = None,
+    finite_rows: Callable[..., Any] | None = None,
 ) -> tuple[Any, Any]:
     """Same result as :func:`knn` for eager backends, without a top-k selection on every tile.
 
@@ -217,17 +219,19 @@ def knn_pruned(
     them in threads); ``flat_nonzero(mask)`` is ``xp.nonzero(mask)[0]`` for a 1-D mask (a backend may
     compact faster); ``screen`` (:data:`Screen`, default :func:`screen_tiles`) computes each sub-tile's
     expansion values and the mask of those under the query's limit; ``exact_rows`` replaces
-    :func:`softdist._agnostic.distances.exact_sqdist_rows` for the candidates (same bits).
+    :func:`softdist._agnostic.distances.exact_sqdist_rows` for the candidates (same bits);
+    ``finite_rows(A, xp=)`` replaces :func:`softdist._agnostic.distances.finite_rows` (same values).
     """
     nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
     dev = device(Q)
     # The expansion runs on finite rows at a power-of-two scale that cannot overflow; rows with a NaN
     # or inf get a NaN norm, so no expansion entry of theirs passes a threshold, and their exact values
     # are filled in at the end. Exact values come from the caller's floats.
-    scale = float(overflow_scale(X, Q, xp=xp))  # eager path: one host read
+    good_q, good_x = (finite_rows or _finite_rows)(Q, xp=xp), (finite_rows or _finite_rows)(X, xp=xp)
+    finite = bool(xp.all(good_q)) and bool(xp.all(good_x))  # eager path: host reads
+    scale = float(overflow_scale(X, Q, xp=xp, finite=finite))
     in_range = scale == 1.0  # magnitudes within a quarter of the threshold: no pair needs scaling down
-    good_q, good_x = finite_rows(Q, xp=xp), finite_rows(X, xp=xp)
-    mean = column_mean(X * scale, None, xp=xp)
+    mean = column_mean(X * scale, None, xp=xp, finite=finite)
     Q_aug, X_aug, rq, rx = operands(
         xp.where(good_q[:, None], Q * scale, mean), xp.where(good_x[:, None], X * scale, mean), mean, xp=xp
     )

@@ -121,6 +121,11 @@ class Backend:
         _agnostic.distances.exact_sqdist_rows, which None means)."""
         return None
 
+    def knn_finite_rows(self, xp: Any) -> Callable[..., Any] | None:
+        """``finite_rows(A, xp=)`` for the pruned search (the rows with no NaN or inf); None is
+        _agnostic.distances.finite_rows."""
+        return None
+
     def knn(
         self, Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
         sqdist: Callable[..., Any], dtype: Any, index_dtype: Any, xp: Any,
@@ -134,7 +139,8 @@ class Backend:
                 return _neighbors.knn_pruned(
                     Q, X, operands=self.augmented_operands, select=select, xp=xp,
                     tile_map=self.knn_tile_map(xp), flat_nonzero=self.knn_flat_nonzero(xp),
-                    screen=self.knn_screen(xp), exact_rows=self.knn_exact_rows(xp), **tiles,
+                    screen=self.knn_screen(xp), exact_rows=self.knn_exact_rows(xp),
+                    finite_rows=self.knn_finite_rows(xp), **tiles,
                 )  # fmt: skip
             sqdist = functools.partial(sqdist, dtype=dtype, xp=xp)
             return _neighbors.knn(Q, X, sqdist=sqdist, select=select, xp=xp, **tiles)
