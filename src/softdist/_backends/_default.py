@@ -121,6 +121,10 @@ class Backend:
         _agnostic.distances.exact_sqdist_rows, which None means)."""
         return None
 
+    def knn_pruned_context(self, xp: Any) -> contextlib.AbstractContextManager[Any]:
+        """Entered around the whole pruned search (its setup included)."""
+        return contextlib.nullcontext()
+
     def knn_finite_rows(self, xp: Any) -> Callable[..., Any] | None:
         """``finite_rows(A, xp=)`` for the pruned search (the rows with no NaN or inf); None is
         _agnostic.distances.finite_rows."""
@@ -136,12 +140,13 @@ class Backend:
         select = self.smallest_selector(xp)
         with self.matmul_precision():
             if self.knn_pruning_applies(Q):
-                return _neighbors.knn_pruned(
-                    Q, X, operands=self.augmented_operands, select=select, xp=xp,
-                    tile_map=self.knn_tile_map(xp), flat_nonzero=self.knn_flat_nonzero(xp),
-                    screen=self.knn_screen(xp), exact_rows=self.knn_exact_rows(xp),
-                    finite_rows=self.knn_finite_rows(xp), **tiles,
-                )  # fmt: skip
+                with self.knn_pruned_context(xp):
+                    return _neighbors.knn_pruned(
+                        Q, X, operands=self.augmented_operands, select=select, xp=xp,
+                        tile_map=self.knn_tile_map(xp), flat_nonzero=self.knn_flat_nonzero(xp),
+                        screen=self.knn_screen(xp), exact_rows=self.knn_exact_rows(xp),
+                        finite_rows=self.knn_finite_rows(xp), **tiles,
+                    )  # fmt: skip
             sqdist = functools.partial(sqdist, dtype=dtype, xp=xp)
             return _neighbors.knn(Q, X, sqdist=sqdist, select=select, xp=xp, **tiles)
 
