@@ -61,19 +61,22 @@ def torch_kept_positions(D: Any, limit: Any, blocks: Any | None = None) -> Any:
     if groups:
         G = D[:, : groups * 64].unflatten(1, (groups, 64))
         (hit,) = torch.nonzero(torch.gt(G.amin(2), limit).logical_not_().view(-1), as_tuple=True)
-        row = torch.div(hit, groups, rounding_mode="floor")
-        start = row * w + (hit - row * groups) * 64  # each hit group's first flat position
-        if w == groups * 64:  # whole rows of groups: group number = hit
+        if w == groups * 64:  # whole rows of groups: hit is the group's number in D.view(-1, 64)
             H = torch.index_select(D.view(-1, 64), 0, hit)
+            bound = torch.index_select(limit.expand(-1, groups).reshape(-1), 0, hit)
+            first = hit * 64  # each hit group's first flat position
         else:
+            row = torch.div(hit, groups, rounding_mode="floor")
             H = G[row, hit - row * groups]
+            bound = torch.index_select(limit[:, 0], 0, row)
+            first = row * w + (hit - row * groups) * 64
         flags = torch.empty_like(H)
-        torch.le(H, torch.index_select(limit[:, 0], 0, row)[:, None], out=flags)
+        torch.le(H, bound[:, None], out=flags)
         blocks = octet_blocks(D.dtype) if blocks is None else blocks
         (octet,) = torch.nonzero(torch.mm(flags, blocks).view(-1), as_tuple=True)
         (inside,) = torch.nonzero(torch.index_select(flags.view(-1, 8), 0, octet).view(-1), as_tuple=True)
         at = torch.index_select(octet, 0, inside >> 3) * 8 + (inside & 7)  # flat position in H
-        main = torch.index_select(start, 0, at >> 6) + (at & 63)
+        main = torch.index_select(first, 0, at >> 6) + (at & 63)
     if w == groups * 64:
         return main
     tail_rows, tail_cols = torch.nonzero(D[:, groups * 64 :] <= limit, as_tuple=True)
