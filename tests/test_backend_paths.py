@@ -376,14 +376,21 @@ def test_eager_linear_workspace_equals_generic(library, options, chunk_size, rng
     "options", [{}, {"z_loss": 0.1, "softcap": 4.0}, {"label_smoothing": 0.1, "reduction": "sum"}]
 )
 @pytest.mark.parametrize("chunk_size", [None, 16])
-def test_threaded_numpy_head_equals_generic(parts, options, chunk_size, rng, monkeypatch):
+@pytest.mark.parametrize("cache_rows", [None, 4])
+def test_threaded_numpy_head_equals_generic(parts, options, chunk_size, cache_rows, rng, monkeypatch):
     """NumPy's linear head with its rows in one part per thread (own score buffer and dW each, added in
-    part order) gives the generic workspace's answer, for softmax_loss and the head with dX."""
+    part order; G.T @ Xc on each thread; cache_rows: each part in chunks of that many rows) gives the
+    generic workspace's answer, for softmax_loss and the head with dX."""
     from softdist import _config
     from softdist._agnostic import linear as generic_linear
 
     monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MIN_ROWS", 8)
     monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MEMORY_SHARE", 1)
+    if cache_rows is None:
+        monkeypatch.setattr(_config, "CPU_HEAD_CACHE_BYTES", None)
+    else:  # X is (61, 6) float64: 4 rows of 48 bytes
+        monkeypatch.setattr(_config, "CPU_HEAD_CACHE_BYTES", cache_rows * 6 * 8)
+        monkeypatch.setattr(_config, "LINEAR_MIN_AUTO_ROWS", 1)
     monkeypatch.setattr(_cpu, "cpu_workers", lambda: parts)
     X, W, b = rng.standard_normal((61, 6)), rng.standard_normal((5, 6)), rng.standard_normal(5)
     X[3] *= 1e3  # a row the unshifted fast kernel must repair

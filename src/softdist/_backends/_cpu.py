@@ -57,7 +57,13 @@ def eager_cpu_block(
     e = xp.empty(z.shape, dtype=z.dtype, device=device(z)) if recompute is None else z
     with _quiet(xp):
         xp.exp(z, out=e)
-        s = e @ xp.ones(C, dtype=z.dtype, device=device(z))
+        # NumPy: the row sums by einsum, not a matrix-vector product: OpenBLAS runs that on two threads
+        # with a barrier, which on a busy 2-core machine took 15.6 ms for 20000 x 100 float32 against
+        # 0.33 ms on one thread; einsum costs the one-thread product's CPU time (0.5-1.6 ms, 2-5M entries).
+        if is_numpy_namespace(xp):
+            s = xp.einsum("ij->i", e)
+        else:
+            s = e @ xp.ones(C, dtype=z.dtype, device=device(z))
         ratio = s * xp.exp(-z_y)  # sum_k exp(z_k - z_y) >= 1 for a usable row
         # Sums outside [sqrt(tiny), 1/sqrt(tiny)] lost digits to underflow, or would make the scale
         # gamma / s subnormal (exp(88) fits float32, 1/exp(88) does not): the shifted kernel redoes them.
@@ -119,6 +125,9 @@ class EagerCPUWorkspace(_linear.Workspace):
         self.dX_out = xp.empty((n, d), dtype=W.dtype, device=dev) if want_dX else None
         self.dW_out: Any = None  # allocated by the first gradient: a loss-only call never holds one
         self.db_out: Any = None
+        # Set by threaded_linear_head for its parts, whose products run on one thread: G.T @ Xc then
+        # for narrow G too (see add()).
+        self.single_threaded = False
         self.class_block = c
         if is_numpy_namespace(xp):
             block_bytes = _config.NUMPY_CLASS_BLOCK_BYTES
@@ -162,7 +171,11 @@ class EagerCPUWorkspace(_linear.Workspace):
             # slower there (50000 x 256 x 100 float32: 740 ms against 128 ms). Wide G (the classifier
             # head, C = 32000 against 1024-row chunks): G.T @ Xc, as the transposed class blocks and
             # their strided addition took the head from 0.99x to 1.57x the three GEMMs (N=2048, D=1024).
-            narrow = Gd.shape[0] > c
+            # On one thread (threaded_linear_head's parts) G.T @ Xc is the faster one for narrow G too,
+            # and lands in dW's layout: float64 20000 x 512 x 10 14.6 ms against 31.0 ms, x 100 82 against
+            # 109, 50000 x 256 x 100 110 against 138; float32 within 5%. (The 4-6x above is OpenBLAS on
+            # two threads, whose G.T @ Xc took 2-7x Xc.T @ G on the busy 2-core machine.)
+            narrow = Gd.shape[0] > c and not self.single_threaded
             for first in range(0, c, k):
                 last = min(first + k, c)
                 shape = (d, last - first) if narrow else (last - first, d)
@@ -196,8 +209,16 @@ _SINGLE_THREAD_LOCK = threading.Lock()
 # Each part keeps its own dW and db, added in part order at the end (deterministic; the generic path's
 # answer to rounding: tests/test_backend_paths.py), so it is done only while those copies are small next
 # to the score buffer (_config.CPU_HEAD_THREAD_MEMORY_SHARE). Each part's chunk is the chunk divided by
-# the parts: the score buffers together hold what one did. A caller already on a worker thread (Dask's
-# blocks, a user's pool) has its parallelism: there, the rows run in order as before.
+# the parts: the score buffers together hold what one did, and at most _config.CPU_HEAD_CACHE_BYTES of X
+# (a chunk stays in cache from the forward product to the backward one). A caller already on a worker
+# thread (Dask's blocks, a user's pool) has its parallelism: there, the rows run in order as before.
+# With cache-sized chunks and G.T @ Xc on each thread (EagerCPUWorkspace.add), softmax_loss does 0.80-1.17x
+# the CPU work of the two one-thread products (thread CPU time, medians of 11, issue 15), and took 0.65x
+# the two-thread products' wall time at 20000 x 512 x 10 float32 when no two-thread BLAS call had run
+# for 0.4 s -- but 1.32x right after one (the serial loop: 1.11x). OpenBLAS's worker thread spins for
+# ~0.1 s after each two-thread call (56-75 ms of CPU during a 0.2 s sleep after one product, whatever the
+# thread limit), taking one of two cores from these threads; the bench runs the bound just before
+# softdist. Hence off by default (_config.CPU_HEAD_THREAD_MIN_ROWS).
 def cpu_workers() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -235,6 +256,10 @@ def threaded_linear_head(
         )
     bounds = [n * i // parts for i in range(parts + 1)]
     part_chunk = -(-chunk // parts)
+    cache = _config.CPU_HEAD_CACHE_BYTES  # each part's chunk of X stays in cache between its products
+    if cache is not None:
+        itemsize = xp.finfo(X.dtype).bits // 8
+        part_chunk = min(part_chunk, max(_config.LINEAR_MIN_AUTO_ROWS, cache // (d * itemsize)))
     dX = None
     if want_grad and workspace.want_dX:
         dX = xp.empty((n, d), dtype=W.dtype, device=device(W))
@@ -244,6 +269,7 @@ def threaded_linear_head(
         Xp = X[start:stop, ...]
         ws = EagerCPUWorkspace(Xp, W, workspace.b, chunk_rows=part_chunk, work=workspace.work,
                                want_dX=workspace.want_dX, xp=xp)  # fmt: skip
+        ws.single_threaded = True
         if dX is not None:
             ws.dX_out = dX[start:stop, ...]  # written in place: no concatenation
         return _linear.linear_head(
