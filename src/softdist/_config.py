@@ -61,6 +61,11 @@ KNN_EXACT_CHUNK_ELEMENTS = 1 << 16
 # top_k and checked against the float64 values (XLA's CPU top_k is fast only for float32); a row whose
 # 2k-th best is within a float32 rounding of the last candidate sends its tile to the float64 top_k.
 KNN_JAX_EXTRA_CANDIDATES = 12
+# knn on JAX at float64: rank by a float32 product of the centred data (half the float64 one's time) and
+# certify the k found against the float32 rounding bound (a query tile that fails takes the float64
+# path); the best k + KNN_JAX_SCREEN_EXTRA per query get exact distances.
+KNN_JAX_FLOAT32_SCREEN = True
+KNN_JAX_SCREEN_EXTRA = 8
 # ... and that float32 top_k first picks blocks of this many columns by their minimum (1: off).
 KNN_JAX_SELECT_BLOCK = 16
 # Largest number of elements a direct-difference chunk materialises (2 MiB in float32; the exact sum

@@ -205,7 +205,20 @@ def _jax_knn_mapped(Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: in
         )  # fmt: skip
 
     starts = jnp.arange(tiles) * tile_rows
-    dist, index = jax.lax.map(one_tile, (jnp.reshape(padded, (tiles, tile_rows, d)), starts))
+    blocks = (jnp.reshape(padded, (tiles, tile_rows, d)), starts)
+    if dtype != jnp.float64 or not _config.KNN_JAX_FLOAT32_SCREEN or d == 0:
+        dist, index = jax.lax.map(one_tile, blocks)
+    else:
+        screen = _float32_screen_operands(Q, X, finite)
+
+        def screened_tile(args: tuple[Any, Any]) -> tuple[Any, Any]:
+            found, certified = _screened_query_tile(*args, X, screen, nq=nq, k=k, exclude_self=exclude_self,
+                                                    tile_cols=tile_cols, xp=xp)  # fmt: skip
+            return jax.lax.cond(certified, lambda _: found, lambda _: one_tile(args), None)
+
+        dist, index = jax.lax.cond(
+            screen.usable, lambda b: jax.lax.map(screened_tile, b), lambda b: jax.lax.map(one_tile, b), blocks
+        )
     kept = dist.shape[-1]
     return jnp.reshape(dist, (-1, kept))[:nq], jnp.reshape(index, (-1, kept))[:nq]
 
@@ -257,6 +270,101 @@ def jax_query_tile_neighbours(
         exact_d = jnp.where(mine, jnp.nan, exact_d)
         best_i = jnp.where(mine, jnp.asarray(_neighbors.OWN_ROW_INDEX, dtype=index_dtype), best_i)
     return _first_by_rank(exact_d, best_i, min(k, best_i.shape[1]))
+
+
+# Why: at float64 the tile's float64 product and the float32 selection of its cast took about as long
+# each (5000 x 5000, d = 64). A float32 product of the centred, power-of-two-scaled data ranks the
+# references about twice as fast, the best few per query get exact distances (the double-float kernel),
+# and a certificate makes the answer exact: every reference left out has a float32 key at least a
+# per-query threshold L, hence an exact distance at least L less the float32 rounding bound, and the k-th
+# exact distance kept must lie strictly under that. A query tile that fails (ties or near-ties wider
+# than the bound, clustered data far from the centre) takes the float64 path above (lax.cond); data
+# with a NaN, an inf or a range float32 cannot hold skip the screen altogether.
+@dataclasses.dataclass(frozen=True)
+class _Screen:
+    mean: Any  # (d,) float64 centre of Q and X
+    scale: Any  # () power of two: the largest scaled centred squared norm lies in [1, 4)
+    X32: Any  # (m, d) float32 scaled centred references
+    x_norms: Any  # (m,) float32 their squared norms (from float64)
+    err_per_norm: Any  # () float64: key error bound per unit of |q|^2 + max |x|^2 (scaled)
+    x_norm_max: Any  # () float64
+    usable: Any  # () bool
+
+
+def _float32_screen_operands(Q: Any, X: Any, finite: Any) -> _Screen:
+    import jax.numpy as jnp
+
+    d = Q.shape[1]
+    mean = (jnp.sum(Q, axis=0) + jnp.sum(X, axis=0)) / (Q.shape[0] + X.shape[0])
+    mean = jnp.where(finite, mean, 0.0)
+    Qc, Xc = Q - mean, X - mean
+    top = jnp.maximum(jnp.max(jnp.sum(Qc * Qc, axis=1)), jnp.max(jnp.sum(Xc * Xc, axis=1)))
+    # float64 exponents of the scale stay far from over/underflow; a zero spread screens nothing
+    usable = finite & (top < 2.0**900) & (top > 2.0**-900)
+    e = jnp.where(usable, jnp.floor(jnp.log2(jnp.where(usable, top, 1.0)) / 2), 0.0)
+    scale = jnp.ldexp(jnp.ones((), dtype=Q.dtype), -e.astype(jnp.int32))
+    Xs = Xc * scale
+    x_norms = jnp.sum(Xs * Xs, axis=1)
+    # |key - (|x|^2 - 2 q.x)| <= (d + 5) u (|q|^2 + |x|^2) (inputs, products and the float32 sum of d
+    # terms, the norm and the subtraction rounded, u = 2**-24); doubled for the float64 roundings and
+    # margin. Flushed subnormals (the scaled norms are <= 4) cost less than the 2**-60 added.
+    err = 2.0 * (d + 8) * 2.0**-24
+    return _Screen(mean=mean, scale=scale, X32=Xs.astype(jnp.float32), x_norms=x_norms.astype(jnp.float32),
+                   err_per_norm=jnp.asarray(err, dtype=Q.dtype), x_norm_max=jnp.max(x_norms),
+                   usable=usable)  # fmt: skip
+
+
+def _screened_query_tile(
+    Qt: Any, q0: Any, X: Any, screen: _Screen, *, nq: int, k: int, exclude_self: bool, tile_cols: int,
+    xp: Any,
+) -> tuple[tuple[Any, Any], Any]:  # fmt: skip
+    """((distances, indices), certified): the float32-screened search for the queries Qt."""
+    import jax
+    import jax.numpy as jnp
+
+    m, tq = X.shape[0], Qt.shape[0]
+    keep = min(k + _config.KNN_JAX_SCREEN_EXTRA, m)
+    index_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)
+    Qs = (Qt - screen.mean) * screen.scale
+    q_norms = jnp.sum(Qs * Qs, axis=1)
+    Q32 = Qs.astype(jnp.float32)
+    lowest = jnp.full((tq,), jnp.inf, dtype=jnp.float32)  # a lower bound of every key left out
+    best_k = best_i = None
+    for j0 in range(0, m, tile_cols):
+        j1 = min(j0 + tile_cols, m)
+        key = screen.x_norms[None, j0:j1] - 2.0 * jnp.matmul(Q32, screen.X32[j0:j1].T)
+        own = _neighbors.own_entries(tq, j1 - j0, q0, j0, xp=xp, dev=device(key)) if exclude_self else None
+        if own is not None:
+            key = jnp.where(own, jnp.inf, key)
+        count = min(keep, j1 - j0)
+        if count == j1 - j0:
+            columns = jnp.broadcast_to(jnp.arange(count)[None, :], (tq, count))
+        else:
+            last, columns = _float32_smallest(key, count)
+            lowest = jnp.minimum(lowest, last)
+        inside = jnp.minimum(columns, j1 - j0 - 1)  # columns past the tile are padding: key +inf
+        found = jnp.where(columns < j1 - j0, jnp.take_along_axis(key, inside, axis=1), jnp.inf)
+        index = columns.astype(index_dtype) + j0
+        if best_k is not None:
+            found, index = jnp.concatenate([best_k, found], axis=1), jnp.concatenate([best_i, index], axis=1)
+        if found.shape[1] > keep:  # the keep smallest keys; the next one bounds those dropped
+            neg, at = jax.lax.optimization_barrier(jax.lax.top_k(-found, keep + 1))
+            lowest = jnp.minimum(lowest, -neg[:, keep])
+            found, index = -neg[:, :keep], jnp.take_along_axis(index, at[:, :keep], axis=1)
+        best_k, best_i = found, index
+    rows = jnp.broadcast_to(jnp.arange(tq)[:, None], best_i.shape).reshape(-1)
+    exact_d = _generic.exact_sqdist_rows(Qt[rows], X[best_i.reshape(-1)], xp=xp, finite=True)
+    exact_d = exact_d.reshape(best_i.shape)
+    # keys of +inf: the query's own row (exclude_self) or padding, never among the k (k <= m - 1)
+    left_out = best_k == jnp.inf
+    exact_d = jnp.where(left_out, jnp.nan, exact_d)
+    best_i = jnp.where(left_out, jnp.asarray(_neighbors.OWN_ROW_INDEX, dtype=index_dtype), best_i)
+    dist, index = _first_by_rank(exact_d, best_i, k)
+    bound = lowest.astype(jnp.float64) + q_norms - screen.err_per_norm * (q_norms + screen.x_norm_max)
+    bound = bound - 2.0**-60
+    padding = jnp.arange(tq) + q0 >= nq  # the last tile's zero rows: their answer is dropped
+    certified = jnp.all(padding | (dist[:, k - 1] * (screen.scale * screen.scale) < bound))  # NaN: False
+    return (dist, index), certified
 
 
 def _first_by_rank(dist: Any, index: Any, count: int) -> tuple[Any, Any]:
