@@ -276,3 +276,103 @@ def test_jax_knn_equals_generic(rng):
                                     xp=array_namespace(Qj), **common)  # fmt: skip
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(np.asarray(g), w)
+
+
+def _screen_data(case, rng):
+    """Data for the float32 screen of the JAX float64 path: cases it certifies and cases it hands to
+    the float64 path (near-ties, clusters far from the centre) or skips (NaN, inf, out of range)."""
+    Q, X = rng.standard_normal((50, 6)), rng.standard_normal((230, 6))
+    if case == "offset":  # a common offset far past the spread: centred first, so still certified
+        Q, X = Q + 1e6, X + 1e6
+    elif case == "duplicates":  # more exact ties than the k + 8 kept, no more than the float64 path's 2k
+        Q[3] = 50.0  # away from the rest: only these 20 equal points see the ties
+        X[rng.permutation(230)[:19]] = Q[3]
+    elif case == "near_ties":  # distances equal in float32, distinct in float64
+        Q, X = _near_ties(rng, 30, 200)
+    elif case == "clusters":  # two tight clusters 1e4 apart: the float32 bound is too loose
+        X = X * 1e-3 + np.where(rng.random((230, 1)) < 0.5, 1e4, -1e4)
+        Q = X[rng.permutation(230)[:50]] + rng.standard_normal((50, 6)) * 1e-4
+    elif case == "nan_inf":
+        X[7, 2], X[50, 0], Q[3, 1] = np.nan, np.inf, -np.inf
+    elif case == "tiny":  # squared norms below 2**-900: no scale for float32
+        Q, X = Q * 1e-150, X * 1e-150
+    elif case == "narrow":  # fewer references than the candidates kept
+        X = X[:14]
+    return Q, X
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize(
+    "case", ["random", "offset", "duplicates", "near_ties", "clusters", "nan_inf", "tiny", "narrow"]
+)
+def test_jax_float32_screen_equals_generic(case, exclude_self, rng):
+    """The float32-screened JAX float64 search (tiles small enough for several merges and the blocked
+    selection) gives the exact answer, and certifies the cases it should."""
+    jax = _jax_or_skip()
+    import array_api_compat.numpy as xp
+    import jax.numpy as jnp
+    from array_api_compat import array_namespace
+
+    from softdist._agnostic import distances as gd
+    from softdist._agnostic import neighbors as gn
+    from softdist._backends import _jax
+    from softdist.distances import _sqdist
+
+    Q, X = _screen_data(case, rng)
+    if exclude_self:
+        X = Q = np.concatenate([Q, X])
+    k = {"near_ties": 5, "duplicates": 10}.get(case, 6)
+    common = {"k": k, "exclude_self": exclude_self, "tile_rows": 16, "tile_cols": 100}
+    want = gn.knn(Q, X, sqdist=lambda a, b: gd.pairwise_sqdist(a, b, xp=xp),
+                  select=lambda D, c: gn.select_smallest(D, c, xp=xp), xp=xp, **common)  # fmt: skip
+    Qj, Xj = jnp.asarray(Q), jnp.asarray(X)
+    got = _jax.JaxBackend().knn(Qj, Xj, sqdist=_sqdist, dtype=jnp.float64, index_dtype=jnp.int64,
+                                xp=array_namespace(Qj), **common)  # fmt: skip
+    # ties by index against the long-double reference (the generic static path keeps 2k per tile, so
+    # it may miss a lower index among more exact ties than that), except with NaN rows (the reference
+    # ranks a query's own row before NaN distances); distances: the generic path's bits
+    if case == "nan_inf":
+        want_i = want[1]
+    else:
+        want_i = reference_knn(Q, None if exclude_self else X, k, exclude_self)[1]
+    np.testing.assert_array_equal(np.asarray(got[1]), want_i)
+    assert np.asarray(got[0]).tobytes() == np.asarray(want[0]).tobytes()
+    # The certificate itself, on the first query tile: the screen's answer is taken only when it holds.
+    finite = jnp.all(jnp.isfinite(Qj)) & jnp.all(jnp.isfinite(Xj))
+    screen = _jax._float32_screen_operands(Qj, Xj, finite)
+    options = {"nq": Q.shape[0], "k": k, "exclude_self": exclude_self, "tile_cols": 100}
+    tile = jax.jit(lambda Qt: _jax._screened_query_tile(Qt, 0, Xj, screen, xp=array_namespace(Qj), **options))
+    (dist, index), certified = tile(Qj[:16])
+    expect = {"random": True, "offset": True, "narrow": True, "near_ties": False, "clusters": False,
+              "duplicates": False}  # fmt: skip
+    assert bool(screen.usable) == (case not in ("nan_inf", "tiny"))
+    if case in expect:
+        assert bool(certified) == expect[case]
+    if bool(certified):
+        np.testing.assert_array_equal(np.asarray(index), want_i[:16])
+        assert np.asarray(dist).tobytes() == np.asarray(want[0][:16]).tobytes()
+
+
+def test_jax_float32_screen_fallback(rng, monkeypatch):
+    """Query tiles whose certificate fails take the float64 path: forced here, the answer is the same."""
+    _jax_or_skip()
+    import jax.numpy as jnp
+
+    from softdist._backends import _jax
+
+    Q, X = _screen_data("random", rng)
+    want = reference_knn(Q, X, 6, False)
+    calls = []
+
+    def refused(Qt, *args, **kwargs):
+        (dist, index), _ = screened(Qt, *args, **kwargs)
+        calls.append(1)
+        return (dist * 0.0 - 1.0, index * 0), jnp.asarray(False)  # a wrong answer, not certified
+
+    screened = _jax._screened_query_tile
+    monkeypatch.setattr(_jax, "_screened_query_tile", refused)
+    monkeypatch.setattr(_jax, "_JAX_COMPILED", type(_jax._JAX_COMPILED)())
+    dist, index = softdist.knn(jnp.asarray(Q), jnp.asarray(X), k=6, working_memory=20000)
+    assert calls  # traced once: the screen was on the path
+    np.testing.assert_array_equal(np.asarray(index), want[1])
+    np.testing.assert_allclose(np.asarray(dist), want[0], rtol=1e-12)
