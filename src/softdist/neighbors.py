@@ -121,7 +121,11 @@ def knn(
     (static shapes, also under ``jax.jit``) each query keeps its best 2k distance values over all of X
     and only those are recomputed exactly (float64 candidates come from a float32 top-k, checked
     against the float64 values, with the float64 top-k as the fallback). There, more than 2k
-    references at exactly the same distance from one query could break a tie differently. Dask runs
+    references at exactly the same distance from one query could break a tie differently. At float64
+    on JAX, finite data are first ranked by a float32 product of the centred data: each query keeps its
+    best k + 8 (``_config.KNN_JAX_SCREEN_EXTRA``), gets their exact distances, and the answer stands only
+    if its k-th distance lies strictly under a bound, from the float32 rounding error, of every
+    reference left out; otherwise its query tile takes the float64 path above. Dask runs
     each (query block, reference block) pair as one task (the pruned search on the chunks; adjacent
     reference chunks grouped up to 64 MiB) and merges the lists in a tree, so it runs on a
     ``distributed`` cluster.

@@ -279,7 +279,9 @@ def jax_query_tile_neighbours(
 # per-query threshold L, hence an exact distance at least L less the float32 rounding bound, and the k-th
 # exact distance kept must lie strictly under that. A query tile that fails (ties or near-ties wider
 # than the bound, clustered data far from the centre) takes the float64 path above (lax.cond); data
-# with a NaN, an inf or a range float32 cannot hold skip the screen altogether.
+# with a NaN, an inf or a range float32 cannot hold skip the screen altogether. 5000 x 5000, d = 64,
+# k = 10, 2 loaded CPU cores, interleaved medians: 3.2-3.8x the float64 products -> 1.5-1.8x (eager and
+# jit).
 @dataclasses.dataclass(frozen=True)
 class _Screen:
     mean: Any  # (d,) float64 centre of Q and X
