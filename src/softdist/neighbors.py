@@ -77,8 +77,10 @@ def knn(
         once: the same bits on every backend), in the promoted floating dtype of Q and X.
     indices : array, shape (nq, k)
         Row indices into X, in the namespace's default index dtype. Both sorted by (distance, index):
-        ties go to the lower index, identically on every backend; inf distances come after the finite
-        ones and NaN distances last. Dask input gives lazy Dask arrays.
+        ties go to the lower index, identically on the eager CPU backends and Dask; inf distances come
+        after the finite ones and NaN distances last. On JAX and GPUs, exact ties among more than the
+        2k best candidates may come back with other indices at the same distance (Notes). Dask input
+        gives lazy Dask arrays.
 
     Raises
     ------
@@ -120,8 +122,9 @@ def knn(
     tile instead selects its best 2k by the library's top-k, and the exact lists are merged; on JAX
     (static shapes, also under ``jax.jit``) each query keeps its best 2k distance values over all of X
     and only those are recomputed exactly (float64 candidates come from a float32 top-k, checked
-    against the float64 values, with the float64 top-k as the fallback). There, more than 2k
-    references at exactly the same distance from one query could break a tie differently. At float64
+    against the float64 values, with the float64 top-k as the fallback). There, when more than 2k
+    references lie at or within rounding of a query's k-th distance, exact ties may come back with
+    other indices than the lowest (the distances are the same). At float64
     on JAX, finite data are first ranked by a float32 product of the centred data: each query keeps its
     best k + 8 (``_config.KNN_JAX_SCREEN_EXTRA``), gets their exact distances, and the answer stands only
     if its k-th distance lies strictly under a bound, from the float32 rounding error, of every
