@@ -26,8 +26,9 @@ from ._default import scatter_subtract
 # matrix-vector product, and the one-hot term is a scatter of n values: 3 passes. Rows where the
 # unshifted exponentials could be inaccurate (sum overflowed, underflowed, or any NaN/inf) are recomputed
 # by the generic kernel, so the result is the generic one (tests/test_backend_paths.py). The loss uses
-# log(sum_k exp(z_k) * exp(-z_y)), as accurate as the shifted form. softmax_loss: the textbook NumPy code
-# is 1.22-1.33x the two matrix products, this 1.10-1.17x; PyTorch 1.04x (softdist bench, softmax_loss).
+# log1p(sum_{k != y} exp(z_k) * exp(-z_y)), as accurate as the shifted form and never negative.
+# softmax_loss: the textbook NumPy code is 1.22-1.33x the two matrix products, this 1.10-1.17x;
+# PyTorch 1.04x (softdist bench, softmax_loss).
 @contextlib.contextmanager
 def _quiet(xp: Any) -> Iterator[None]:
     # Overflow and NaN are expected (and repaired) here; NumPy would warn about each.
@@ -64,12 +65,17 @@ def eager_cpu_block(
             s = xp.einsum("ij->i", e)
         else:
             s = e @ xp.ones(C, dtype=z.dtype, device=device(z))
-        ratio = s * xp.exp(-z_y)  # sum_k exp(z_k - z_y) >= 1 for a usable row
+        # loss = log(1 + sum_{k != y} exp(z_k - z_y)), not log(s * exp(-z_y)): exp(z_y) * exp(-z_y) is
+        # not exactly 1 in floating point, so that ratio could fall below 1 and the loss below 0 (-1.2e-7
+        # for float32 [17, 0], label 0). s - exp(z_y) is >= 0 (a rounded sum of non-negative terms is at
+        # least each term), exactly 0 when C = 1, so the loss is >= 0 and log1p keeps small losses exact.
+        e_y = xp.take(xp.reshape(e, (-1,)), flat)
+        rest = xp.maximum(s - e_y, 0.0) * xp.exp(-z_y)  # sum_{k != y} exp(z_k - z_y)
         # Sums outside [sqrt(tiny), 1/sqrt(tiny)] lost digits to underflow, or would make the scale
         # gamma / s subnormal (exp(88) fits float32, 1/exp(88) does not): the shifted kernel redoes them.
         lowest = xp.finfo(z.dtype).smallest_normal ** 0.5
-        usable = (s >= lowest) & (s <= 1 / lowest) & (ratio < xp.inf)  # False for NaN too
-        loss = terms.gamma * xp.log(ratio)
+        usable = (s >= lowest) & (s <= 1 / lowest) & (rest < xp.inf)  # False for NaN too
+        loss = terms.gamma * xp.log1p(rest)
         if want_grad:
             e *= (terms.gamma / s)[:, None]
             e_flat = xp.reshape(e, (-1,))
