@@ -139,7 +139,7 @@ class Backend:
         tiles = {"k": k, "exclude_self": exclude_self, "tile_rows": tile_rows, "tile_cols": tile_cols}
         select = self.smallest_selector(xp)
         with self.matmul_precision():
-            if self.knn_pruning_applies(Q):
+            if self.knn_pruning_applies(Q) and (X is Q or self.knn_pruning_applies(X)):
                 with self.knn_pruned_context(xp):
                     return _neighbors.knn_pruned(
                         Q, X, operands=self.augmented_operands, select=select, xp=xp,
