@@ -8,6 +8,7 @@ from ._agnostic import distances as _generic
 from ._backends import backend_for
 from ._lib._compat import device
 from ._lib._validation import (
+    check_distance_dtype,
     check_known_shapes,
     check_matrix,
     check_same_features,
@@ -27,6 +28,7 @@ def _validated(A: Any, B: Any | None, xp: Any) -> tuple[Any, Any, Any, Any]:
         check_matrix("B", B)
         check_same_features("A", A, "B", B)
     dtype = float_dtype_of({"A": A, "B": B}, xp)
+    check_distance_dtype({"A": A, "B": B}, dtype, "pairwise_sqdist", xp)
     return xp, dtype, A, B
 
 
@@ -80,7 +82,8 @@ def pairwise_sqdist(A: Any, B: Any | None = None, /, *, xp: Any | None = None) -
         size, arrays without computable data (torch meta, sparse or nested tensors, masked arrays).
     TypeError
         A or B not an array, arrays from two libraries, ``xp`` that is not their namespace, complex
-        dtypes.
+        dtypes, extended precision (NumPy's longdouble: unlike the softmax functions, the distance
+        functions support floats up to float64 only; cast first).
 
     See Also
     --------

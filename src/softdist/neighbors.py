@@ -9,6 +9,7 @@ from . import _config
 from ._backends import backend_for
 from ._lib._compat import default_dtype, device
 from ._lib._validation import (
+    check_distance_dtype,
     check_known_shapes,
     check_matrix,
     check_same_features,
@@ -90,7 +91,8 @@ def knn(
         size.
     TypeError
         k not an int, ``exclude_self`` not a bool or None, inputs that are not arrays or come from two
-        libraries, complex dtypes.
+        libraries, complex dtypes, extended precision (NumPy's longdouble; float64 at most, as for
+        :func:`pairwise_sqdist`).
 
     See Also
     --------
@@ -184,6 +186,7 @@ def knn(
     ):
         raise ValueError(f"working_memory must be a positive number of bytes; got {working_memory!r}")
     dtype = float_dtype_of({"Q": Q, "X": X}, xp)
+    check_distance_dtype({"Q": Q, "X": X}, dtype, "knn", xp)
     work = working_dtype(dtype, xp)
     Qw, Xw = xp.astype(Q, work, copy=False), xp.astype(X_, work, copy=False)
     index_dtype = default_dtype(xp, "indexing", device=device(Q))

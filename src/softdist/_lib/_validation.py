@@ -148,6 +148,23 @@ def float_dtype_of(named_arrays: dict[str, Any], xp: Any) -> Any:
     return default_dtype(xp, "real floating", device=device(first))
 
 
+def check_distance_dtype(named_arrays: dict[str, Any], dtype: Any, func: str, xp: Any) -> None:
+    """TypeError for extended precision (NumPy's longdouble): the distance kernels' power-of-two
+    scalings and error bounds are derived for the IEEE binary formats up to float64 (the softmax
+    functions do compute in longdouble)."""
+    if xp.finfo(dtype).bits <= 64:
+        return
+    name = next(
+        (n for n, x in named_arrays.items() if x is not None and xp.isdtype(x.dtype, "real floating")
+         and xp.finfo(x.dtype).bits > 64),
+        "the input",
+    )  # fmt: skip
+    raise TypeError(
+        f"{func} does not support extended-precision floats: {name} has dtype {dtype}; expected float16, "
+        f"bfloat16, float32, float64 or an integer/bool dtype (cast with {name}.astype('float64'))"
+    )
+
+
 def working_dtype(dtype: Any, xp: Any) -> Any:
     """The dtype arithmetic runs in: half precision (float16, bfloat16) computes in float32, where squares
     and sums of exponentials do not overflow at 6.5e4; results are cast back to ``dtype``."""
