@@ -35,3 +35,46 @@ def test_softmax_keeps_longdouble():
     assert loss.dtype == np.longdouble
     want = np.log1p(np.exp(np.array([-17.0, 1.0], np.longdouble)))
     np.testing.assert_allclose(loss, want, rtol=1e-17)
+
+
+# -- chunk_size: a non-int (bool and strings other than "auto" included) is a TypeError, an int < 1 a
+# ValueError, in every function that takes it ----------------------------------------------------------
+def _chunked_calls():
+    X, W, y = np.ones((4, 3)), np.ones((2, 3)), np.zeros(4, int)
+    calls = {
+        "softmax_loss": lambda c: softdist.softmax_loss(W.T.copy(), X, y, chunk_size=c),
+        "linear_cross_entropy": lambda c: softdist.linear_cross_entropy(X, W, y, chunk_size=c),
+        "linear_cross_entropy_and_grad": lambda c: softdist.linear_cross_entropy_and_grad(
+            X, W, y, chunk_size=c
+        ),
+    }
+    try:
+        import jax.numpy as jnp
+
+        import softdist.jax as sj
+
+        calls["jax.linear_cross_entropy"] = lambda c: sj.linear_cross_entropy(
+            jnp.asarray(X), jnp.asarray(W), jnp.asarray(y), chunk_size=c
+        )
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        import softdist.torch as st
+
+        calls["torch.linear_cross_entropy"] = lambda c: st.linear_cross_entropy(
+            torch.ones(4, 3), torch.ones(2, 3), torch.zeros(4, dtype=torch.int64), chunk_size=c
+        )
+        calls["torch.LinearCrossEntropy"] = lambda c: st.LinearCrossEntropy(chunk_size=c)
+    except ImportError:
+        pass
+    return calls
+
+
+@pytest.mark.parametrize("func", sorted(_chunked_calls()))
+@pytest.mark.parametrize(("chunk_size", "error"), [("big", TypeError), (2.0, TypeError), (True, TypeError),
+                                                   (0, ValueError), (-3, ValueError)])  # fmt: skip
+def test_chunk_size_errors(func, chunk_size, error):
+    with pytest.raises(error, match="chunk_size must be"):
+        _chunked_calls()[func](chunk_size)

@@ -279,7 +279,7 @@ class TestBadInput:
             ({"y": np.full(N, C)}, ValueError, "labels must be integer class indices"),
             ({"chunk_size": 0}, ValueError, "chunk_size must be"),
             ({"chunk_size": 2.5}, TypeError, "chunk_size must be"),
-            ({"chunk_size": "big"}, ValueError, "chunk_size must be"),
+            ({"chunk_size": "big"}, TypeError, "chunk_size must be"),
             ({"chunk_size": True}, TypeError, "chunk_size must be"),
             ({"softcap": 0.0}, ValueError, "softcap must be"),
             ({"softcap": -1}, ValueError, "softcap must be"),

@@ -500,6 +500,10 @@ class TestBadInput:
             ({"reg": -1.0}, ValueError, "reg must be a finite number >= 0"),
             ({"reg": "0.1"}, TypeError, "reg must be a number"),
             ({"chunk_size": 0}, ValueError, "chunk_size must be a positive int"),
+            ({"chunk_size": -2}, ValueError, "chunk_size must be a positive int"),
+            ({"chunk_size": "big"}, TypeError, "chunk_size must be a positive int"),
+            ({"chunk_size": 2.0}, TypeError, "chunk_size must be a positive int"),
+            ({"chunk_size": True}, TypeError, "chunk_size must be a positive int"),
         ],
     )
     def test_linear_api(self, kwargs, error, match):

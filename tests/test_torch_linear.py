@@ -213,6 +213,8 @@ def test_targets_and_weights_that_require_grad_are_named(name):
 def test_module_checks_its_options_at_construction():
     with pytest.raises(ValueError, match="chunk_size"):
         st.LinearCrossEntropy(chunk_size=-3)
+    with pytest.raises(TypeError, match="chunk_size"):
+        st.LinearCrossEntropy(chunk_size="big")
     with pytest.raises(ValueError, match="softcap"):
         st.LinearCrossEntropy(softcap=0)
     with pytest.raises(ValueError, match="label_smoothing"):

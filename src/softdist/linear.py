@@ -23,9 +23,8 @@ def _check_head_options(z_loss: Any, softcap: Any, chunk_size: Any) -> None:
         not isinstance(softcap, numbers.Real) or isinstance(softcap, bool) or not 0 < softcap < math.inf
     ):
         raise ValueError(f"softcap must be None or a finite number > 0; got {softcap!r}")
-    if isinstance(chunk_size, str):
-        if chunk_size != "auto":
-            raise ValueError(f'chunk_size must be "auto" or a positive int; got {chunk_size!r}')
+    if isinstance(chunk_size, str) and chunk_size == "auto":
+        pass
     elif not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool):
         raise TypeError(f'chunk_size must be "auto" or a positive int; got {chunk_size!r}')
     elif chunk_size < 1:

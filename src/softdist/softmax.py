@@ -705,11 +705,11 @@ def softmax_loss(
     ------
     ValueError
         W or X not 2-D, X's columns not W's rows, ``b`` not of shape (C,), ``reg`` negative or not
-        finite (eagerly), ``chunk_size`` not a positive int, and everything
+        finite (eagerly), ``chunk_size`` an int < 1, and everything
         :func:`softmax_cross_entropy` refuses.
     TypeError
-        ``reg`` neither a number nor a 0-D real array, and everything :func:`softmax_cross_entropy`
-        refuses.
+        ``reg`` neither a number nor a 0-D real array, ``chunk_size`` neither None nor an int (a bool
+        included), and everything :func:`softmax_cross_entropy` refuses.
 
     See Also
     --------
@@ -755,10 +755,11 @@ def softmax_loss(
     if b is not None:
         check_vector("b", b, n_classes, "(one bias per class, C = W.shape[1])")
     _check_reg(reg, xp)
-    if chunk_size is not None and (
-        not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool) or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+    if chunk_size is not None:
+        if not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool):
+            raise TypeError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
     y = widened_labels(y, xp) if y.ndim == 1 else y
     plan = _plan(named, y, n=n, n_classes=n_classes, xp=xp, **options)
     has_reg = not (isinstance(reg, numbers.Real) and reg == 0)
