@@ -78,3 +78,18 @@ def _chunked_calls():
 def test_chunk_size_errors(func, chunk_size, error):
     with pytest.raises(error, match="chunk_size must be"):
         _chunked_calls()[func](chunk_size)
+
+
+# -- Keras-style (N, 1) class indices: the error says how to pass them --------------------------------------
+def test_column_labels_get_a_hint(backend):
+    z = backend.asarray(np.zeros((4, 3)), "float32")
+    for labels in (np.zeros((4, 1), int), np.zeros((4, 1), np.float32)):
+        with pytest.raises(
+            ValueError, match=r"got \(4, 1\); for class indices pass shape \(N,\), e\.g\. labels"
+        ):
+            softdist.softmax_cross_entropy(z, backend.asarray(labels))
+    with pytest.raises(ValueError, match=r"got \(4, 2\)$"):  # other shapes: no hint
+        softdist.softmax_cross_entropy(z, backend.asarray(np.zeros((4, 2), np.float32)))
+    X, W = backend.asarray(np.zeros((4, 2)), "float32"), backend.asarray(np.zeros((3, 2)), "float32")
+    with pytest.raises(ValueError, match="for class indices pass shape"):
+        softdist.linear_cross_entropy(X, W, backend.asarray(np.zeros((4, 1), int)))

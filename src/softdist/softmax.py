@@ -47,9 +47,11 @@ def _check_targets(labels: Any, n: Any, n_classes: Any, ignore_index: Any, xp: A
     """Shape and dtype of the targets; True for soft targets (N, C), False for class indices (N,)."""
     if labels.ndim == 2:
         if tuple(labels.shape) != (n, n_classes):
+            # Keras-style (N, 1) class indices: say how to pass them.
+            hint = "; for class indices pass shape (N,), e.g. labels[:, 0]" if labels.shape[1] == 1 else ""
             raise ValueError(
                 f"soft targets (2-D labels) must have shape (n_samples, n_classes) = ({n}, {n_classes}); "
-                f"got {tuple(labels.shape)}"
+                f"got {tuple(labels.shape)}{hint}"
             )
         if ignore_index is not None:
             raise ValueError("ignore_index applies to class-index labels only, not to soft targets")
