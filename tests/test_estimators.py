@@ -176,3 +176,23 @@ def test_narrow_label_dtypes_on_torch(dtype):
         got = make().fit(torch.asarray(X), torch.asarray(y)).predict(torch.asarray(X))
         assert got.dtype == torch.asarray(y).dtype
         np.testing.assert_array_equal(got.to(torch.float64).numpy(), want.astype(np.float64))
+
+
+def test_distance_weights_with_queries_on_training_points(backend: Backend, rng):
+    # A query that duplicates training points: no division by zero (the suite turns warnings into
+    # errors), those points outvote the rest, as in scikit-learn (the reference).
+    if backend.name not in [*ARRAY_API_BACKENDS, "numpy"]:
+        pytest.skip("NumPy and array API arrays are the estimator inputs")
+    from sklearn.neighbors import KNeighborsClassifier as SkKNN
+
+    X = rng.standard_normal((40, 3))
+    X[5] = X[6]  # a duplicated training point; same label, so which of the two a tie keeps cannot matter
+    y = rng.integers(0, 3, 40)
+    y[5] = y[6]
+    queries = np.concatenate([X[:12], rng.standard_normal((5, 3))])
+    want = SkKNN(n_neighbors=4, weights="distance").fit(X, y).predict_proba(queries)
+    fitted = KNeighborsClassifier(n_neighbors=4, weights="distance").fit(
+        backend.asarray(X), backend.asarray(y)
+    )
+    got = fitted.predict_proba(backend.asarray(queries))
+    np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-9, atol=1e-12)

@@ -399,7 +399,9 @@ class KNeighborsClassifier(_ArrayAPIClassifier):
             w = xp.ones(dist.shape, dtype=dist.dtype, device=device(dist))
         else:  # coinciding training points outvote everything else, as in scikit-learn
             exact = dist == 0
-            w = xp.where(xp.any(exact, axis=1, keepdims=True), xp.astype(exact, dist.dtype), 1 / dist)
+            # double where: 1 / dist only on non-zero distances (NumPy warns on 1 / 0, and -W error raises)
+            inverse = 1 / xp.where(exact, 1.0, dist)
+            w = xp.where(xp.any(exact, axis=1, keepdims=True), xp.astype(exact, dist.dtype), inverse)
         onehot = xp.astype(labels[..., None] == xp.arange(c, device=device(dist)), dist.dtype)
         votes = xp.sum(onehot * w[..., None], axis=1)
         return votes / xp.sum(votes, axis=1, keepdims=True)
