@@ -696,8 +696,9 @@ def softmax_loss(
     Returns
     -------
     loss : array
-        0-D (or (N,) for ``reduction="none"``): the data loss plus ``reg * sum(W * W)``. It and the
-        gradients are in the library and device of W and X, in the promoted floating dtype of W, X, b.
+        0-D for "mean"/"sum": the data loss plus ``reg * sum(W * W)``; (N,) for ``reduction="none"``:
+        the per-row data losses, without the penalty (``dW`` still includes it). It and the gradients
+        are in the library and device of W and X, in the promoted floating dtype of W, X, b.
     dW : array, shape (D, C)
         ``X.T @ dscores + 2 * reg * W``.
     db : array, shape (C,)
