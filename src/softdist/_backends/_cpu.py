@@ -79,7 +79,8 @@ def eager_cpu_block(
         if want_grad:
             e *= (terms.gamma / s)[:, None]
             e_flat = xp.reshape(e, (-1,))
-            e_flat[flat] -= terms.alpha
+            # p_y - alpha from e_y / s (exactly 1 when C = 1: gradient exactly 0), not e_y * (gamma / s)
+            e_flat[flat] = terms.gamma * (e_y / s) - terms.alpha
         if not bool(xp.all(usable)):  # eager CPU only: reading this flag costs no device sync
             (bad,) = xp.nonzero(~usable)
             z_bad = recompute(bad) if recompute is not None else xp.take(original, bad, axis=0)
