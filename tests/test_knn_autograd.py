@@ -33,6 +33,7 @@ def test_knn_distances_are_differentiable(backend: Backend, two_sets, rng):
         D_ng, idx_ng = softdist.knn(*args, k=5)
     assert D_ng.grad_fn is None
     assert torch.equal(idx, idx_ng)
+    assert torch.equal(D.detach(), D_ng)  # the same bits as the pruned search
     weights = backend.asarray(rng.standard_normal(tuple(D.shape)), "float64")
     got = torch.autograd.grad((D * weights).sum(), [X] + ([Q] if two_sets else []))
 

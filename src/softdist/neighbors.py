@@ -75,7 +75,9 @@ def knn(
     -------
     sqdist : array, shape (nq, k)
         Exact squared distances of the returned pairs (the exact value of the given floats, rounded
-        once: the same bits on every backend), in the promoted floating dtype of Q and X.
+        once: the same bits on every backend), in the promoted floating dtype of Q and X. On torch
+        tensors that require grad (while autograd records) they are differentiable: that call takes
+        the tiled search instead of the in-place pruned one, with the same values and indices.
     indices : array, shape (nq, k)
         Row indices into X, in the namespace's default index dtype. Both sorted by (distance, index):
         ties go to the lower index, identically on the eager CPU backends and Dask; inf distances come
