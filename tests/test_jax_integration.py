@@ -174,3 +174,81 @@ def test_class_axis_matches_optax():
         sj.softmax_cross_entropy(z, y, axis=1, reduction="none"),
         optax.softmax_cross_entropy_with_integer_labels(z, y, axis=1),
     )
+
+
+def _textbook(z, labels, sw, cw, reduction, eps, ignore):
+    """The weighted smoothed cross-entropy written out, for JAX to differentiate in the weights."""
+    counted = labels != ignore if ignore is not None else jnp.ones(labels.shape, bool)
+    safe = jnp.where(counted, labels, 0)
+    T = ((1 - eps) * jax.nn.one_hot(safe, C) + eps / C) * cw * (sw * counted)[:, None]
+    rows = -jnp.sum(T * jax.nn.log_softmax(z), axis=1)
+    if reduction == "none":
+        return rows
+    return (
+        jnp.sum(rows) if reduction == "sum" else jnp.sum(rows) / jnp.sum(jnp.where(counted, sw * cw[safe], 0))
+    )
+
+
+FD = {"rtol": 1e-7, "atol": 1e-8}  # central differences, h = 1e-6, in float64
+
+
+def _central_differences(f, x, h=1e-6):
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e.flat[i] = h
+        out.flat[i] = (float(f(jnp.asarray(x + e))) - float(f(jnp.asarray(x - e)))) / (2 * h)
+    return out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps, ignore", [(0.0, None), (0.2, 3)])
+def test_sample_and_class_weight_gradients(reduction, eps, ignore):
+    # jax.grad in the weights was silently zero (break test): now the true gradient, grad/jit/jacfwd.
+    z, labels = _data(21)
+    rng = np.random.default_rng(22)
+    sw, cw = jnp.asarray(rng.random(N) + 0.5), jnp.asarray(rng.random(C) + 0.5)
+    up = jnp.linspace(0.5, 2, N)
+
+    def scalar(f):
+        return lambda s, c: jnp.sum(
+            f(z, labels, s, c, reduction, eps, ignore) * (up if reduction == "none" else 1)
+        )
+
+    def ours(z, labels, s, c, reduction, eps, ignore):
+        return sj.softmax_cross_entropy(z, labels, sample_weight=s, class_weight=c, reduction=reduction,
+                                        label_smoothing=eps, ignore_index=ignore)  # fmt: skip
+
+    got = jax.grad(scalar(ours), argnums=(0, 1))(sw, cw)
+    for a, b in zip(got, jax.grad(scalar(_textbook), argnums=(0, 1))(sw, cw), strict=True):
+        _close(a, b)
+    for a, b in zip(jax.jit(jax.jacfwd(scalar(ours), argnums=(0, 1)))(sw, cw), got, strict=True):
+        _close(a, b)
+    np.testing.assert_allclose(got[0], _central_differences(lambda s: scalar(ours)(s, cw), sw), **FD)
+    np.testing.assert_allclose(got[1], _central_differences(lambda c: scalar(ours)(sw, c), cw), **FD)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_head_weight_and_soft_target_gradients(reduction):
+    # The fused head's labels and weights were constants (zero cotangents): now differentiated.
+    rng = np.random.default_rng(23)
+    X, W = jnp.asarray(rng.standard_normal((N, 3))), jnp.asarray(rng.standard_normal((C, 3)))
+    probs = jax.nn.softmax(jnp.asarray(rng.standard_normal((N, C))))
+    sw, cw = jnp.asarray(rng.random(N) + 0.5), jnp.asarray(rng.random(C) + 0.5)
+    labels = jnp.asarray(rng.integers(0, C, N))
+    up = jnp.linspace(0.5, 2, N) if reduction == "none" else 1
+
+    def loss(X, target, s, c):
+        out = sj.linear_cross_entropy(X, W, target, sample_weight=s, class_weight=c, reduction=reduction,
+                                      label_smoothing=0.1)  # fmt: skip
+        return jnp.sum(out * up)
+
+    got = jax.grad(loss, argnums=(0, 2, 3))(X, labels, sw, cw)
+    want = jax.grad(lambda X, s, c: jnp.sum(_textbook(X @ W.T, labels, s, c, reduction, 0.1, None) * up),
+                    argnums=(0, 1, 2))(X, sw, cw)  # fmt: skip
+    for a, b in zip(got, want, strict=True):
+        _close(a, b)
+    dp, ds = jax.jit(jax.grad(loss, argnums=(1, 2)))(X, probs, sw, cw)
+    np.testing.assert_allclose(ds, _central_differences(lambda s: loss(X, probs, s, cw), sw), **FD)
+    np.testing.assert_allclose(dp, _central_differences(lambda p: loss(X, p, sw, cw), probs), **FD)

@@ -54,7 +54,7 @@ def _cross_entropy_jvp(
     options = {"reduction": reduction, "sample_weight": sample_weight, "class_weight": class_weight,
                "label_smoothing": smoothing, "axis": axis}  # fmt: skip
     loss, grad = _softmax.softmax_cross_entropy_and_grad(logits, labels, ignore_index=ignore, **options)
-    # Weights are constants (README, "Use with JAX"); symbolic zeros skip the unperturbed inputs.
+    # Symbolic zeros skip the unperturbed inputs (the weights, below, cost a forward pass only if perturbed).
     dims = axis if reduction == "none" else None
     tangent = jnp.zeros_like(loss)
     if not isinstance(d_logits, SymbolicZero):
@@ -64,7 +64,33 @@ def _cross_entropy_jvp(
         tangent = tangent + jnp.sum(
             _softmax.soft_target_grad(logits, labels, **options) * d_labels, axis=dims
         )
+    tangent = tangent + _weight_tangent(
+        lambda sw, cw: _softmax.softmax_cross_entropy(
+            logits, labels, reduction=reduction, sample_weight=sw, class_weight=cw, label_smoothing=smoothing,
+            ignore_index=ignore, axis=axis,
+        ),
+        (sample_weight, class_weight), tangents[2:4],
+    )  # fmt: skip
     return loss, tangent
+
+
+def _weight_tangent(loss: Any, weights: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+    """The loss's tangent from the tangents of the weights (and of the linear head's soft targets): they
+    enter through the weighted sum and the "mean" normaliser, not the analytic logit gradient, so the
+    generic loss (plain jnp operations) is differentiated in them alone — only for the perturbed ones."""
+    which = [i for i, (w, t) in enumerate(zip(weights, tangents, strict=True))
+             if w is not None and t is not None and not isinstance(t, SymbolicZero)
+             and jnp.issubdtype(jnp.result_type(w), jnp.inexact)]  # fmt: skip
+    if not which:
+        return 0.0
+
+    def in_perturbed(*perturbed: Any) -> Any:
+        full = list(weights)
+        for i, w in zip(which, perturbed, strict=True):
+            full[i] = w
+        return loss(*full)
+
+    return jax.jvp(in_perturbed, tuple(weights[i] for i in which), tuple(tangents[i] for i in which))[1]
 
 
 _cross_entropy.defjvp(_cross_entropy_jvp, symbolic_zeros=True)
@@ -84,9 +110,10 @@ def softmax_cross_entropy(
     """:func:`softdist.softmax_cross_entropy` on JAX arrays, differentiated by its analytic gradient.
 
     Differentiable in ``logits`` and in soft targets (floating ``labels`` of the logits' shape, whose
-    gradient is ``-log_softmax(logits)`` scaled as the loss); weights are treated as constants (their
-    tangents are ignored). Any batch shape, the classes on ``axis`` (-1, as in optax). Same options and
-    conventions as :func:`softdist.softmax_cross_entropy`.
+    gradient is ``-log_softmax(logits)`` scaled as the loss), and in ``sample_weight`` and
+    ``class_weight`` (the generic loss differentiated in them, only when they are perturbed). Any batch
+    shape, the classes on ``axis`` (-1, as in optax). Same options and conventions
+    as :func:`softdist.softmax_cross_entropy`.
 
     Parameters
     ----------
@@ -139,29 +166,50 @@ def _linear_head(X: Any, W: Any, labels: Any, bias: Any, sample_weight: Any, cla
     )
 
 
-@_linear_head.defjvp
 def _linear_head_jvp(
     options: tuple[tuple[str, Any], ...], primals: tuple[Any, ...], tangents: tuple[Any, ...]
 ) -> tuple[Any, Any]:
     X, W, labels, bias, sample_weight, class_weight = primals
-    tX, tW, _, tb, _, _ = tangents  # labels and weights are constants
+    tX, tW, t_labels, tb, t_sw, t_cw = tangents
     opts = dict(options)
+
+    def plain(X: Any, W: Any, labels: Any, bias: Any, sample_weight: Any, class_weight: Any) -> Any:
+        return _linear.linear_cross_entropy(
+            X, W, labels, bias=bias, sample_weight=sample_weight, class_weight=class_weight, **opts
+        )
+
+    # Soft targets and weights: the chunked loss differentiated in them alone, only when perturbed.
+    rest = _weight_tangent(
+        lambda labels, sw, cw: plain(X, W, labels, bias, sw, cw),
+        (labels, sample_weight, class_weight), (t_labels, t_sw, t_cw),
+    )  # fmt: skip
+    perturbed = [(p, t) for p, t in ((X, tX), (W, tW), (bias, tb))
+                 if p is not None and not isinstance(t, SymbolicZero)]  # fmt: skip
+    if not perturbed:
+        loss = plain(X, W, labels, bias, sample_weight, class_weight)
+        return loss, jnp.zeros_like(loss) + rest
     if opts["reduction"] == "none":
         # Per-row tangents need each row's logit gradient: differentiate the chunked code itself.
-        def plain(X: Any, W: Any, bias: Any) -> Any:
-            return _linear.linear_cross_entropy(
-                X, W, labels, bias=bias, sample_weight=sample_weight, class_weight=class_weight, **opts
-            )
+        def in_head(X: Any, W: Any, bias: Any) -> Any:
+            return plain(X, W, labels, bias, sample_weight, class_weight)
 
-        return jax.jvp(plain, (X, W, bias), (tX, tW, tb))
+        zero = [jnp.zeros_like(p) if isinstance(t, SymbolicZero) and p is not None else t
+                for p, t in ((X, tX), (W, tW), (bias, tb))]  # fmt: skip
+        loss, tangent = jax.jvp(in_head, (X, W, bias), tuple(zero))
+        return loss, tangent + rest
     out = _linear.linear_cross_entropy_and_grad(
         X, W, labels, bias=bias, sample_weight=sample_weight, class_weight=class_weight, **opts
     )
     # Linear in the tangents: reverse mode transposes it, keeping only dX, dW (and dbias) as residuals.
-    tangent = jnp.vdot(out[1], tX) + jnp.vdot(out[2], tW)
-    if bias is not None:
-        tangent = tangent + jnp.vdot(out[3], tb)
+    grads = (out[1], out[2], out[3] if bias is not None else None)
+    tangent = rest
+    for p, t, g in zip((X, W, bias), (tX, tW, tb), grads, strict=True):
+        if p is not None and not isinstance(t, SymbolicZero):
+            tangent = tangent + jnp.vdot(g, t)
     return out[0], tangent
+
+
+_linear_head.defjvp(_linear_head_jvp, symbolic_zeros=True)
 
 
 def linear_cross_entropy(
@@ -182,7 +230,8 @@ def linear_cross_entropy(
     """:func:`softdist.linear_cross_entropy` on JAX arrays, differentiable in X, W and bias through a
     ``jax.custom_jvp`` rule built on the chunked gradients: ``grad``, ``jit``, ``vmap``, ``jvp``,
     ``jacfwd`` and Hessian-vector products work, and reverse mode keeps only dX, dW and dbias as
-    residuals (no (N, C) array). Labels and weights are constants. ``reduction="none"`` differentiates the
+    residuals (no (N, C) array). Soft targets and weights are differentiated through the chunked loss,
+    only when perturbed; class-index labels are constants. ``reduction="none"`` differentiates the
     chunked computation itself (its reverse mode stores each chunk's intermediates).
 
     Parameters

@@ -64,7 +64,8 @@ class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
     gradient; when a graph of the backward is requested (double backward, hessians), it recomputes the
     gradient with differentiable operations from the saved logits. Soft targets get the gradient
     -log_softmax(logits) scaled as the loss is; ``jvp`` contracts the same two gradients with the
-    tangents (forward mode). Weights are constants.
+    tangents (forward mode). Learnt weights (``sample_weight``, ``class_weight``) get the gradient of the
+    generic loss in them alone (one more forward pass, only when they require grad).
     """
 
     generate_vmap_rule = True
@@ -112,10 +113,14 @@ class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
             d_logits = grad * scale
         if ctx.needs_input_grad[1] and _is_soft(logits, labels):
             d_labels = _target_grad(logits, labels, sample_weight, class_weight, options) * scale
-        return d_logits, d_labels, None, None, None
+        d_sw = d_cw = None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            d_sw, d_cw = _weight_vjp(ctx.needs_input_grad[2:4], logits, labels, sample_weight, class_weight,
+                                     options, grad_loss)  # fmt: skip
+        return d_logits, d_labels, d_sw, d_cw, None
 
     @staticmethod
-    def jvp(ctx: Any, d_logits: Any, d_labels: Any, *_: Any) -> tuple[Any, None]:
+    def jvp(ctx: Any, d_logits: Any, d_labels: Any, *_rest: Any) -> tuple[Any, None]:
         logits, labels, sample_weight, class_weight, grad = ctx.saved_tensors
         options = ctx.options
         dims = options.axis if options.reduction == "none" else None
@@ -134,9 +139,68 @@ class _SoftmaxCrossEntropyFunction(torch.autograd.Function):
         if d_labels is not None and _is_soft(logits, labels):
             t = contract(_target_grad(logits, labels, sample_weight, class_weight, options), d_labels)
             tangent = t if tangent is None else tangent + t
+        d_weights = _rest[:2] if len(_rest) >= 2 else (None, None)
+        if any(d is not None for d in d_weights):  # learnt weights: the generic loss's own derivative
+            t = _weight_jvp(logits, labels, sample_weight, class_weight, options, d_weights)
+            tangent = t if tangent is None else tangent + t
         if tangent is None:  # no tangent reached the loss
             tangent = torch.zeros_like(grad.sum() if dims is None else grad.sum(dim=dims))
         return tangent, None
+
+
+def _generic_loss(logits: Any, labels: Any, options: _Options) -> Any:
+    def loss(sample_weight: Any, class_weight: Any) -> Any:
+        return _softmax.softmax_cross_entropy(
+            logits, labels, sample_weight=sample_weight, class_weight=class_weight,
+            **dataclasses.asdict(options),
+        )  # fmt: skip
+
+    return loss
+
+
+def _weight_vjp(
+    needs: tuple[bool, bool], logits: Any, labels: Any, sample_weight: Any, class_weight: Any,
+    options: _Options, grad_loss: torch.Tensor, create: bool | None = None,
+) -> tuple[Any, Any]:  # fmt: skip
+    """d loss / d (sample_weight, class_weight) contracted with grad_loss. Weights enter the loss through
+    the weighted sum and, for "mean", its normaliser, not through the analytic logit gradient: autograd of
+    the generic loss (plain array operations) in the weights alone gives it exactly, at the cost of one
+    more forward pass, and only when a weight requires grad."""
+    if create is None:  # a graph of the backward (double backward): keep everything attached
+        create = torch.is_grad_enabled()
+    with torch.enable_grad():
+        if not create:
+            logits, labels = logits.detach(), labels.detach()
+        sw, cw = (
+            w if w is None or create else w.detach().requires_grad_(need)
+            for w, need in zip((sample_weight, class_weight), needs, strict=True)
+        )
+        loss = _generic_loss(logits, labels, options)(sw, cw)
+        wanted = [w for w, need in zip((sw, cw), needs, strict=True) if need]
+        grads = iter(torch.autograd.grad(loss, wanted, grad_loss, create_graph=create, allow_unused=True))
+    out = [next(grads) if need else None for need in needs]
+    return out[0], out[1]
+
+
+def _weight_jvp(
+    logits: Any, labels: Any, sample_weight: Any, class_weight: Any, options: _Options,
+    tangents: tuple[Any, Any],
+) -> Any:  # fmt: skip
+    """The loss's tangent from the weights' tangents (forward mode; torch cannot nest forward AD here).
+    "none" is bilinear in (sample_weight, class_weight), so its tangent is the loss at each tangent in
+    turn; a 0-D loss's is the reverse-mode gradient of :func:`_weight_vjp` contracted with the tangents."""
+    weights = (sample_weight, class_weight)
+    needs = tuple(t is not None and w is not None for w, t in zip(weights, tangents, strict=True))
+    loss = _generic_loss(logits.detach(), labels.detach(), options)
+    if options.reduction == "none":
+        parts = [loss(tangents[0], class_weight) if needs[0] else None,
+                 loss(sample_weight, tangents[1]) if needs[1] else None]  # fmt: skip
+    else:
+        one = torch.ones((), dtype=logits.dtype, device=logits.device)
+        grads = _weight_vjp(needs, logits, labels, sample_weight, class_weight, options, one, create=False)
+        parts = [(g * t).sum() if g is not None else None for g, t in zip(grads, tangents, strict=True)]
+    kept = [p for p in parts if p is not None]
+    return kept[0] if len(kept) == 1 else kept[0] + kept[1]
 
 
 def softmax_cross_entropy(
@@ -155,7 +219,8 @@ def softmax_cross_entropy(
     Shapes as ``F.cross_entropy``: ``logits`` (N, C), (N, C, d1, ..., dK) (classes on axis 1) or (C,)
     (unbatched); ``labels`` class indices of shape (N,), (N, d1, ..., dK) or () — or floating class
     probabilities of the logits' shape. Differentiable in ``logits`` and in probability ``labels``
-    (``-log_softmax(logits)`` scaled as the loss); weights are constants. Works with ``loss.backward()``,
+    (``-log_softmax(logits)`` scaled as the loss), and in ``sample_weight`` and ``class_weight`` (through
+    the generic loss, only when they require grad). Works with ``loss.backward()``,
     double backward, forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``), ``torch.func.grad`` /
     ``vmap`` and ``torch.compile`` (which runs it as one opaque call). Known gap: forward over forward
     (``jacfwd(jacfwd(f))``) is wrong — the gradient saved by the forward pass has no tangent at the outer
