@@ -24,6 +24,29 @@ from . import softmax as _softmax
 __all__ = ["linear_cross_entropy", "softmax_cross_entropy"]
 
 
+def _as_jax(like: Any, **arrays: Any) -> list[Any]:
+    """The arrays as JAX arrays: NumPy arrays and scalars and Python numbers/lists (labels and weights that
+    JAX code routinely closes over, and that JAX's own functions accept) become JAX arrays on ``like``'s
+    device; any other library's array is a TypeError naming the argument (no silent host/device copy)."""
+    out = []
+    devices = None if isinstance(like, jax.core.Tracer) or not isinstance(like, jax.Array) else like.devices()
+    for name, a in arrays.items():
+        if a is not None and not isinstance(a, jax.Array):
+            host = type(a).__module__.split(".")[0] == "numpy" or isinstance(
+                a, (bool, int, float, list, tuple)
+            )
+            if not host:
+                raise TypeError(
+                    f"{name} must be a JAX array, a NumPy array or a Python number/list for softdist.jax; "
+                    f"got {type(a).__module__}.{type(a).__qualname__}"
+                )
+            a = jnp.asarray(a)
+            if devices is not None and len(devices) == 1:  # on the float input's device
+                a = jax.device_put(a, next(iter(devices)))
+        out.append(a)
+    return out
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
 def _cross_entropy(
     logits: Any,
@@ -152,6 +175,10 @@ def softmax_cross_entropy(
     >>> jax.jit(jax.hessian(softdist.jax.softmax_cross_entropy))(logits, labels).shape
     (2, 3, 2, 3)
     """
+    (logits,) = _as_jax(None, logits=logits)
+    labels, sample_weight, class_weight = _as_jax(
+        logits, labels=labels, sample_weight=sample_weight, class_weight=class_weight
+    )
     return _cross_entropy(
         logits, labels, sample_weight, class_weight, reduction, float(label_smoothing), ignore_index, axis
     )
@@ -270,4 +297,8 @@ def linear_cross_entropy(
         ("z_loss", float(z_loss)), ("softcap", None if softcap is None else float(softcap)),
         ("chunk_size", chunk_size),
     )  # fmt: skip
+    X, W = _as_jax(None, X=X, W=W)
+    labels, bias, sample_weight, class_weight = _as_jax(
+        X, labels=labels, bias=bias, sample_weight=sample_weight, class_weight=class_weight
+    )
     return _linear_head(X, W, labels, bias, sample_weight, class_weight, options)
