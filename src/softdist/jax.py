@@ -136,7 +136,9 @@ def softmax_cross_entropy(
     gradient is ``-log_softmax(logits)`` scaled as the loss), and in ``sample_weight`` and
     ``class_weight`` (the generic loss differentiated in them, only when they are perturbed). Any batch
     shape, the classes on ``axis`` (-1, as in optax). Same options and conventions
-    as :func:`softdist.softmax_cross_entropy`.
+    as :func:`softdist.softmax_cross_entropy`. NumPy arrays and Python numbers/lists (labels, weights)
+    become JAX arrays on the logits' device, eagerly and under ``jax.jit``; other libraries' arrays are a
+    TypeError naming the argument.
 
     Parameters
     ----------
@@ -259,7 +261,8 @@ def linear_cross_entropy(
     ``jacfwd`` and Hessian-vector products work, and reverse mode keeps only dX, dW and dbias as
     residuals (no (N, C) array). Soft targets and weights are differentiated through the chunked loss,
     only when perturbed; class-index labels are constants. ``reduction="none"`` differentiates the
-    chunked computation itself (its reverse mode stores each chunk's intermediates).
+    chunked computation itself (its reverse mode stores each chunk's intermediates). NumPy arguments
+    become JAX arrays, as for :func:`softmax_cross_entropy`.
 
     Parameters
     ----------
