@@ -3,8 +3,9 @@ gradient descent on :func:`softdist.softmax_loss`, and k-nearest-neighbour class
 :func:`softdist.knn`.
 
 NumPy input (and lists, pandas) goes through scikit-learn's own validation; an array from another array
-API library (PyTorch, JAX, CuPy, array-api-strict) stays in that library and on its device: the fitted
-attributes and the predictions are arrays of it.
+API library (PyTorch, JAX, CuPy, array-api-strict, Dask) stays in that library and on its device: the
+fitted attributes and the predictions are arrays of it. Dask: fit computes the class count, and
+SoftmaxClassifier trains on the computed data (in memory); predictions stay lazy.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def _encode_foreign_labels(y: Any, xp: Any) -> tuple[Any, Any]:
     elif not xp.isdtype(y.dtype, ("integral", "bool")):
         raise ValueError(f"Unknown label type: y has dtype {y.dtype}; expected integer or integral labels")
     # torch has no unique for uint16/32/64: encode the widened labels, keep classes_ in y's dtype
-    classes, y_idx = xp.unique_inverse(widened_labels(y, xp))
+    classes, y_idx = backend_for(xp).unique_inverse(widened_labels(y, xp), xp=xp)
     return xp.astype(classes, y.dtype, copy=False), y_idx
 
 
@@ -188,12 +189,12 @@ class SoftmaxClassifier(_ArrayAPIClassifier):
 
     Notes
     -----
-    Fit it on PyTorch, JAX, CuPy or array-api-strict arrays and the fitted attributes and predictions
-    stay in that library and on that device, equal to the NumPy fit with the same ``random_state`` (the
-    minibatch order is drawn on the host). A method given arrays of another library than ``fit`` raises
-    scikit-learn's "must use the same namespace" ValueError. Passes scikit-learn's
-    ``parametrize_with_checks``. Warns with ``ConvergenceWarning`` when ``max_iter`` epochs end before
-    the loss stops improving.
+    Fit it on PyTorch, JAX, CuPy, array-api-strict or Dask arrays (Dask: trained on the computed data)
+    and the fitted attributes and predictions stay in that library and on that device, equal to the
+    NumPy fit with the same ``random_state`` (the minibatch order is drawn on the host). A method given
+    arrays of another library than ``fit`` raises scikit-learn's "must use the same namespace"
+    ValueError. Passes scikit-learn's ``parametrize_with_checks``. Warns with ``ConvergenceWarning`` when
+    ``max_iter`` epochs end before the loss stops improving.
 
     References
     ----------
@@ -250,7 +251,11 @@ class SoftmaxClassifier(_ArrayAPIClassifier):
         """Train on X (n_samples, n_features) and labels y (n_samples,) of any array API library;
         returns self."""
         self._validate_params()
-        X, y_idx, xp = self._fit_inputs(X, y)
+        X, y_idx, fit_xp = self._fit_inputs(X, y)
+        fit_device = device(X)
+        # Trained on values that exist now (a Dask array is computed: NumPy), returned in X's library.
+        X, y_idx = backend_for(fit_xp).in_memory(X), backend_for(fit_xp).in_memory(y_idx)
+        xp = array_namespace(X)
         n, d = X.shape
         c = self.classes_.shape[0]
         dev = device(X)
@@ -284,6 +289,9 @@ class SoftmaxClassifier(_ArrayAPIClassifier):
         self.n_iter_ = len(self.loss_curve_)
         self.coef_ = xp.matrix_transpose(params[0])
         self.intercept_ = params[1]
+        if xp is not fit_xp:
+            self.coef_ = fit_xp.asarray(self.coef_, device=fit_device)
+            self.intercept_ = fit_xp.asarray(self.intercept_, device=fit_device)
         return self
 
     def _update(self, params: list, grads: list, state: list, step: int, xp: Any) -> None:

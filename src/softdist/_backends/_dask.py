@@ -241,6 +241,17 @@ class DaskBackend(Backend):
     def values_readable(self, arrays: Iterable[Any]) -> bool:
         return False  # reading a value would compute the graph
 
+    def unique_inverse(self, y: Any, *, xp: Any) -> tuple[Any, Any]:
+        # The class count is data-dependent (a nan-sized lazy array breaks every array sized by it):
+        # computed at fit, as scikit-learn's fit computes it. The indices stay lazy, of y's chunks.
+        classes, inverse = xp.unique_inverse(y)
+        return xp.asarray(classes.compute()), inverse
+
+    def in_memory(self, x: Any) -> Any:
+        # Each minibatch step of a lazy fit would grow the parameters' graph for the whole fit: the
+        # estimators train on the computed data, as scikit-learn fits in memory.
+        return x.compute()
+
     def pairwise_sqdist(self, A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
         return dask_pairwise_sqdist(A, B, dtype=dtype, xp=xp)
 

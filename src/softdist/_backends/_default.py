@@ -78,6 +78,15 @@ class Backend:
     def check_label_dtype(self, labels: Any) -> None:
         """Raise TypeError for class-index dtypes this library cannot compute with."""
 
+    # -- estimators -------------------------------------------------------------------------------------
+    def unique_inverse(self, y: Any, *, xp: Any) -> tuple[Any, Any]:
+        """(the sorted distinct labels, each label's index among them): the estimators' class encoding."""
+        return xp.unique_inverse(y)
+
+    def in_memory(self, x: Any) -> Any:
+        """``x`` as an array whose values exist now (the estimators' minibatch training loop)."""
+        return x
+
     # -- distances ---------------------------------------------------------------------------------------
     def pairwise_sqdist(self, A: Any, B: Any | None, *, dtype: Any, xp: Any) -> Any:
         """Squared distances of non-empty A and B, already in the working dtype ``dtype``."""
