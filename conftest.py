@@ -45,6 +45,7 @@ def needs(*modules: str, gpu: bool = False) -> str | None:
 
 def _markdown_setup(namespace: dict) -> None:
     namespace["needs"] = needs
+    namespace["__name__"] = "__main__"  # each document runs as a script: its `if __name__ == "__main__":` too
 
 
 pytest_collect_file = Sybil(
