@@ -197,3 +197,15 @@ def test_sample_weight_gradient_with_soft_targets():
             ),
             (probs, sw, cw), check_forward_ad=True,
         )  # fmt: skip
+
+
+def test_functional_takes_weight_as_torch_does_and_class_weight():
+    # The functional took only class_weight while the module and linear_cross_entropy take weight.
+    logits, labels = _data(15)
+    w = torch.linspace(0.5, 1.5, C, dtype=torch.float64)
+    want = F.cross_entropy(logits, labels, weight=w, label_smoothing=0.1)
+    for kwargs in ({"weight": w}, {"class_weight": w}):
+        got = st.softmax_cross_entropy(logits, labels, label_smoothing=0.1, **kwargs)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="both weight and class_weight"):
+        st.softmax_cross_entropy(logits, labels, weight=w, class_weight=w)

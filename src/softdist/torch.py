@@ -209,9 +209,10 @@ def softmax_cross_entropy(
     *,
     reduction: str = "mean",
     sample_weight: torch.Tensor | None = None,
-    class_weight: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
+    class_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`softdist.softmax_cross_entropy` on torch tensors in PyTorch's layout, differentiable through
     its analytic gradient.
@@ -236,11 +237,13 @@ def softmax_cross_entropy(
     reduction : {"mean", "sum", "none"}
     sample_weight : torch.Tensor, optional
         Per-row weights of the batch shape (not in PyTorch).
-    class_weight : torch.Tensor, shape (C,), optional
-        PyTorch's ``weight``.
+    weight : torch.Tensor, shape (C,), optional
+        Class weights, as ``F.cross_entropy``'s ``weight`` and :func:`linear_cross_entropy`'s.
     label_smoothing : float in [0, 1]
     ignore_index : int, optional
         Default None: no label is ignored (PyTorch's default is -100).
+    class_weight : torch.Tensor, shape (C,), optional
+        ``weight`` under softdist's generic name (either, not both: a TypeError).
 
     Returns
     -------
@@ -269,6 +272,12 @@ def softmax_cross_entropy(
     tensor([[-0.1705,  0.1212,  0.0493],
             [ 0.0543, -0.0988,  0.0445]])
     """
+    if weight is not None and class_weight is not None:
+        raise TypeError(
+            "softmax_cross_entropy got both weight and class_weight; pass the class weights once, as "
+            "weight (PyTorch's name) or class_weight"
+        )
+    class_weight = weight if class_weight is None else class_weight
     options = _Options(reduction, label_smoothing, ignore_index, 0 if logits.ndim == 1 else 1)
     return _apply(logits, labels, sample_weight, class_weight, options)
 
@@ -332,7 +341,7 @@ class SoftmaxCrossEntropy(torch.nn.Module):
         self, input: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         return softmax_cross_entropy(
-            input, target, reduction=self.reduction, sample_weight=sample_weight, class_weight=self.weight,
+            input, target, reduction=self.reduction, sample_weight=sample_weight, weight=self.weight,
             label_smoothing=self.label_smoothing, ignore_index=self.ignore_index,
         )  # fmt: skip
 
