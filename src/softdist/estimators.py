@@ -334,7 +334,8 @@ class KNeighborsClassifier(_ArrayAPIClassifier):
         "distance" weighs each neighbour by 1 / distance; a query that coincides with training points
         takes the vote of those points only.
     working_memory : int, optional
-        Bytes of distance tiles at a time (see :func:`softdist.knn`); memory never grows with
+        In **bytes**, not MiB as scikit-learn's ``working_memory`` (``64 * 2**20`` for 64 MiB): the
+        distance tiles at a time (see :func:`softdist.knn`); memory never grows with
         n_queries x n_samples_fit.
 
     Attributes

@@ -66,8 +66,9 @@ def knn(
     exclude_self : bool, optional
         With ``X=None`` (default True): leave each query's own row out. Not allowed with an explicit X.
     working_memory : int, optional
-        Bytes of distance tiles (and their temporaries) at a time: 64 MiB by default on a CPU, a quarter
-        of the free memory on a CUDA device. On Dask the blocks are the tiles.
+        In **bytes**, not MiB as scikit-learn's ``working_memory`` (``64 * 2**20`` for 64 MiB): the
+        distance tiles (and their temporaries) at a time; 64 MiB by default on a CPU, a quarter of the
+        free memory on a CUDA device. On Dask the blocks are the tiles.
     xp : namespace, optional
         The array namespace; inferred from the inputs when omitted.
 
