@@ -178,6 +178,10 @@ def test_sample_and_class_weight_gradients(reduction, eps, ignore):
     want = torch.autograd.grad(_textbook(logits, labels, sw, cw, reduction, eps, ignore), (sw, cw), upstream)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    z = logits.detach()
+    jac = torch.func.jacfwd(lambda s, c: ours(z, s, c), argnums=(0, 1))(sw.detach(), cw.detach())
+    for j, b in zip(jac, want, strict=True):  # forward mode under torch.func, contracted with upstream
+        torch.testing.assert_close(j.T @ upstream if upstream is not None else j, b, rtol=1e-12, atol=1e-14)
     module = st.SoftmaxCrossEntropy(weight=cw, **opts)  # a learnt buffer
     module(logits, labels, sw).sum().backward()
     assert cw.grad is not None and sw.grad is not None

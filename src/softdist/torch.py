@@ -196,8 +196,11 @@ def _weight_jvp(
         parts = [loss(tangents[0], class_weight) if needs[0] else None,
                  loss(sample_weight, tangents[1]) if needs[1] else None]  # fmt: skip
     else:
-        one = torch.ones((), dtype=logits.dtype, device=logits.device)
-        grads = _weight_vjp(needs, logits, labels, sample_weight, class_weight, options, one, create=False)
+        # torch.func.grad, not autograd: it composes with torch.func transforms (jacfwd in the weights)
+        grads = torch.func.grad(loss, argnums=(0, 1))(sample_weight, class_weight) if all(needs) else (
+            (torch.func.grad(lambda s: loss(s, class_weight))(sample_weight), None) if needs[0]
+            else (None, torch.func.grad(lambda c: loss(sample_weight, c))(class_weight))
+        )  # fmt: skip
         parts = [(g * t).sum() if g is not None else None for g, t in zip(grads, tangents, strict=True)]
     kept = [p for p in parts if p is not None]
     return kept[0] if len(kept) == 1 else kept[0] + kept[1]
