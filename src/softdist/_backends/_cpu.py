@@ -432,28 +432,9 @@ def knn_tile_map(xp: Any) -> _neighbors.TileMap | None:
 # each time (large blocks go back to the OS on free): a 512 x 512 float64 torch addition took 2.5 ms
 # with a new output against 0.22 ms into an existing one (NumPy 0.41 against 0.19 ms). One product
 # buffer and one mask buffer per query tile, reused by every sub-tile. The product is the same GEMM.
-# torch: no mask buffer, the kept entries are found group by group (see _torch.torch_kept_positions).
+# torch overrides it: no mask buffer, the kept entries found group by group (_torch.torch_knn_screen).
 def knn_screen(xp: Any) -> _neighbors.Screen:
-    """``screen`` for :func:`softdist._agnostic.neighbors.knn_pruned` on NumPy and torch (CPU)."""
-    if is_torch_namespace(xp):
-        import torch
-
-        from ._torch import octet_blocks, torch_kept_positions
-
-        def torch_screen(Qa: Any, width: int) -> Callable[[Any, Any], tuple[Any, Any]]:
-            rows = Qa.shape[0]
-            values = torch.empty((rows * width,), dtype=Qa.dtype, device=Qa.device)
-            blocks = octet_blocks(Qa.dtype)
-
-            def sub_tile(Xs: Any, limit: Any) -> tuple[Any, Any]:
-                D = values[: rows * Xs.shape[1]]
-                torch.mm(Qa, Xs, out=D.view(rows, Xs.shape[1]))
-                flat = torch_kept_positions(D.view(rows, Xs.shape[1]), limit, blocks)
-                return flat, torch.index_select(D, 0, flat)
-
-            return sub_tile
-
-        return torch_screen
+    """``screen`` for :func:`softdist._agnostic.neighbors.knn_pruned` on NumPy (CPU)."""
 
     def screen(Qa: Any, width: int) -> Callable[[Any, Any], tuple[Any, Any]]:
         rows = Qa.shape[0]
