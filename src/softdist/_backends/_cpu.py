@@ -93,14 +93,6 @@ def eager_cpu_block(
     return loss, (e if want_grad else None)
 
 
-# --- Linear cross-entropy head: NumPy and PyTorch on the CPU -------------------------------------------
-# Why: memory. The generic workspace allocates every chunk's scores, dX rows and a (C, D) product per
-# chunk, then concatenates the dX rows and adds the products: at N = 8192, D = 1024, C = 32000 float32
-# that is two extra (C, D) arrays (250 MiB) and a second dX on top of the chunk. Here the scores go into
-# one reused buffer (the block kernel then works in place on it), dX rows are written straight into the
-# result, and dW is accumulated in place (torch: addmm_; NumPy: class blocks of at most 16 MiB,
-# _config.NUMPY_CLASS_BLOCK_BYTES, through one reused buffer, as NumPy has no GEMM that accumulates).
-# Same arithmetic, same order of summation over chunks as the generic path (tests/test_backend_paths.py).
 class EagerCPUKnnHooks:
     """The pruned kNN search's CPU pieces, shared by the NumPy and torch backends."""
 
@@ -112,15 +104,19 @@ class EagerCPUKnnHooks:
     def knn_screen(self, xp: Any) -> _neighbors.Screen | None:
         return knn_screen(xp)
 
-    # torch: the whole search with one intra-op thread (see knn_pruned_context).
-    def knn_pruned_context(self, xp: Any) -> contextlib.AbstractContextManager[Any]:
-        return knn_pruned_context(xp)
-
     # The candidates' exact distances in reused buffers (see exact_sqdist_rows): the same bits.
     def knn_exact_rows(self, xp: Any) -> Any:
         return exact_sqdist_rows
 
 
+# --- Linear cross-entropy head: NumPy and PyTorch on the CPU -------------------------------------------
+# Why: memory. The generic workspace allocates every chunk's scores, dX rows and a (C, D) product per
+# chunk, then concatenates the dX rows and adds the products: at N = 8192, D = 1024, C = 32000 float32
+# that is two extra (C, D) arrays (250 MiB) and a second dX on top of the chunk. Here the scores go into
+# one reused buffer (the block kernel then works in place on it), dX rows are written straight into the
+# result, and dW is accumulated in place (torch: addmm_; NumPy: class blocks of at most 16 MiB,
+# _config.NUMPY_CLASS_BLOCK_BYTES, through one reused buffer, as NumPy has no GEMM that accumulates).
+# Same arithmetic, same order of summation over chunks as the generic path (tests/test_backend_paths.py).
 class EagerCPUWorkspace(_linear.Workspace):
     def __init__(self, X: Any, W: Any, b: Any | None, *, chunk_rows: int, work: Any, want_dX: bool,
                  xp: Any) -> None:  # fmt: skip
@@ -393,18 +389,6 @@ def _one_thread_here(xp: Any) -> None:
         import torch
 
         torch.set_num_threads(1)
-
-
-# Why: the search's setup (finite rows, scale, mean, augmented operands: elementwise passes and reductions
-# over the whole of Q and X) ran on torch's two OpenMP threads, whose barriers a busy machine turns into
-# waits: 50000 x 64 float32 on 2 shared cores, 620-635 ms against 68-81 ms with one thread (NumPy, whose
-# ufuncs are single-threaded: 30-70 ms). The query tiles already run a thread per core with one-thread
-# products (knn_tile_map). Same operations: the same bits.
-def knn_pruned_context(xp: Any) -> contextlib.AbstractContextManager[Any]:
-    """torch on more than one core: one intra-op thread through the whole pruned search."""
-    if is_torch_namespace(xp) and cpu_workers() > 1:
-        return single_threaded_products(xp)
-    return contextlib.nullcontext()
 
 
 def knn_tile_map(xp: Any) -> _neighbors.TileMap | None:

@@ -3,13 +3,14 @@ transforms, and the free CUDA memory as the default working memory."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import _config
 from .._agnostic import linear as _linear
 from .._agnostic import softmax as _softmax
-from ._cpu import EagerCPUKnnHooks, EagerCPUWorkspace, eager_cpu_block
+from ._cpu import EagerCPUKnnHooks, EagerCPUWorkspace, cpu_workers, eager_cpu_block, single_threaded_products
 from ._default import Backend, scattering_kernel
 
 
@@ -113,6 +114,18 @@ def torch_finite_rows(A: Any, *, xp: Any) -> Any:
     return torch.sum(A - A, dim=1) == 0
 
 
+# Why: the search's setup (finite rows, scale, mean, augmented operands: elementwise passes and reductions
+# over the whole of Q and X) ran on torch's two OpenMP threads, whose barriers a busy machine turns into
+# waits: 50000 x 64 float32 on 2 shared cores, 620-635 ms against 68-81 ms with one thread (NumPy, whose
+# ufuncs are single-threaded: 30-70 ms). The query tiles already run a thread per core with one-thread
+# products (knn_tile_map). Same operations: the same bits.
+def knn_pruned_context(xp: Any) -> contextlib.AbstractContextManager[Any]:
+    """On more than one core: one intra-op thread through the whole pruned search."""
+    if cpu_workers() > 1:
+        return single_threaded_products(xp)
+    return contextlib.nullcontext()
+
+
 class TorchBackend(EagerCPUKnnHooks, Backend):
     name = "torch"
 
@@ -153,6 +166,9 @@ class TorchBackend(EagerCPUKnnHooks, Backend):
 
     def knn_screen(self, xp: Any) -> Any:
         return torch_knn_screen
+
+    def knn_pruned_context(self, xp: Any) -> contextlib.AbstractContextManager[Any]:
+        return knn_pruned_context(xp)
 
     # The in-place CPU kernel where it applies (see _cpu.eager_cpu_block); the scatter elsewhere.
     def softmax_kernel(self, arrays: list[Any]) -> _softmax.Kernel:
