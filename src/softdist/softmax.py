@@ -197,7 +197,7 @@ def _block_weight_total(
     if plan.reduction != "mean":
         return None
     n = labels.shape[0]
-    if sw is None and cw is None and plan.ignore_index is None and isinstance(n, int):
+    if _generic.counts_every_row(sw, cw, plan.ignore_index) and isinstance(n, int):
         return n  # known without a pass over the labels (Dask: no extra tasks or graph to build)
     return functools.partial(_weight_total, plan, n_classes)
 

@@ -88,6 +88,12 @@ def _index_weights(
     return safe, valid, counted, ignored, weight, cw_y
 
 
+def counts_every_row(sample_weight: Any | None, class_weight: Any | None, ignore_index: int | None) -> bool:
+    """Whether the mean's denominator is the row count: no weights and no ignore_index (a row whose label
+    is not a class, NaN, counts too)."""
+    return sample_weight is None and class_weight is None and ignore_index is None
+
+
 def index_weight_total(
     labels: Any, *, n_classes: int, dtype: Any, sample_weight: Any | None, class_weight: Any | None,
     ignore_index: int | None, checked: bool, xp: Any,
@@ -138,8 +144,8 @@ def index_row_terms(
         a = weight if cw_y is None else xp.ones(labels.shape, dtype=dtype, device=device(labels))
     if reduction == "mean":
         n = labels.shape[0]
-        unweighted = sample_weight is None and cw_y is None and ignored is None
-        if total is None and unweighted and isinstance(n, int):
+        every_row = counts_every_row(sample_weight, class_weight, ignore_index)
+        if total is None and every_row and isinstance(n, int):
             # Every row counts once, a row whose label is not a class (NaN) too, on every backend: the
             # row count, exact, with no pass over the labels (Dask's row blocks need no extra tasks).
             total = xp.asarray(n, dtype=dtype, device=device(labels))
