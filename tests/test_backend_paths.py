@@ -392,6 +392,7 @@ def test_threaded_numpy_head_equals_generic(parts, options, chunk_size, cache_ro
         monkeypatch.setattr(_config, "CPU_HEAD_CACHE_BYTES", cache_rows * 6 * 8)
         monkeypatch.setattr(_config, "LINEAR_MIN_AUTO_ROWS", 1)
     monkeypatch.setattr(_cpu, "cpu_workers", lambda: parts)
+    monkeypatch.setattr(_cpu, "other_threads_running", lambda: False)
     X, W, b = rng.standard_normal((61, 6)), rng.standard_normal((5, 6)), rng.standard_normal(5)
     X[3] *= 1e3  # a row the unshifted fast kernel must repair
     y = rng.integers(0, 5, 61)
@@ -420,6 +421,63 @@ def test_threaded_numpy_head_equals_generic(parts, options, chunk_size, cache_ro
             assert threaded == [parts - 1] * 2  # both calls ran on threads
     for fast, slow in zip(*results, strict=True):
         np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("others", [True, None])
+def test_threaded_numpy_head_waits_for_busy_cores(others, rng, monkeypatch):
+    """With another thread of the process running (a BLAS pool still spinning), or no way to tell (off
+    Linux), NumPy's linear head keeps its rows in order on the calling thread."""
+    from softdist import _config
+
+    monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MIN_ROWS", 8)
+    monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MEMORY_SHARE", 1)
+    monkeypatch.setattr(_cpu, "cpu_workers", lambda: 2)
+    monkeypatch.setattr(_cpu, "other_threads_running", lambda: others)
+    monkeypatch.setattr(_cpu, "_head_pool", lambda threads: pytest.fail("the rows went to threads"))
+    X, W = rng.standard_normal((61, 6)), rng.standard_normal((6, 5))
+    y = rng.integers(0, 5, 61)
+    loss, dW = softdist.softmax_loss(W, X, y)
+    z = X @ W
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(loss, -np.mean(np.log(p[np.arange(61), y])), rtol=1e-12)
+    p[np.arange(61), y] -= 1
+    np.testing.assert_allclose(dW, X.T @ p / 61, rtol=1e-10, atol=1e-14)
+
+
+def test_other_threads_running_sees_a_busy_thread():
+    """A thread computing without the GIL (hashing 64 MiB) is seen as running; /proc unreadable: None."""
+    import hashlib
+    import sys
+    import threading
+
+    if not sys.platform.startswith("linux"):
+        assert _cpu.other_threads_running() is None
+        return
+    started, done = threading.Event(), threading.Event()
+
+    def busy():
+        started.set()
+        while not done.is_set():
+            hashlib.sha256(bytes(64 << 20)).digest()
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        started.wait()
+        seen = [_cpu.other_threads_running() for _ in range(200)]
+    finally:
+        done.set()
+        worker.join()
+    assert True in seen and set(seen) <= {True, False}
+
+
+def test_other_threads_running_off_linux(monkeypatch):
+    def no_proc(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(_cpu.os, "listdir", no_proc)
+    assert _cpu.other_threads_running() is None
 
 
 @pytest.mark.parametrize("library", ["numpy", "strict", "torch"])

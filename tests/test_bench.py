@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from softdist._bench._measure import synchronizer, time_methods
+from softdist._bench import _measure
+from softdist._bench._measure import settle, synchronizer, time_methods
 from softdist._cli import main
 from softdist.testing import GPU_BACKENDS, backend_by_name
 
@@ -133,6 +134,28 @@ def test_time_methods_reports_a_failing_method_and_times_the_rest():
     )
     assert errors == [("broken", "MemoryError")]
     assert list(timed) == ["ok"] and 3 <= timed["ok"].repeats <= 5 and timed["ok"].seconds > 0
+
+
+def test_each_repeat_starts_once_other_threads_are_idle(monkeypatch):
+    """Before each timed repeat on a CPU backend the bench waits for the process's other threads (a BLAS
+    pool's spinning workers) to go idle, at most SETTLE_MAX_S; on a GPU backend it does not wait."""
+    states = iter([True, True, False])
+    polls = []
+    monkeypatch.setattr(_measure, "other_threads_running", lambda: polls.append(1) or next(states))
+    settle(backend_by_name("numpy"))
+    assert len(polls) == 3
+    monkeypatch.setattr(_measure, "other_threads_running", lambda: True)  # never idle: bounded wait
+    monkeypatch.setattr(_measure, "SETTLE_MAX_S", 0.05)
+    start = time.perf_counter()
+    settle(backend_by_name("torch-cpu"))
+    assert 0.05 <= time.perf_counter() - start < 1.0
+    monkeypatch.setattr(_measure, "other_threads_running", lambda: pytest.fail("waited on a GPU"))
+    settle(backend_by_name("torch-cuda"))
+    settled = []
+    monkeypatch.setattr(_measure, "settle", lambda backend: settled.append(backend.name))
+    time_methods({"a": lambda: None, "b": lambda: None}, backend_by_name("numpy"), budget_s=0.0,
+                 max_repeats=3, on_error=lambda name, exc: None)  # fmt: skip
+    assert settled == ["numpy"] * 6  # each timed repeat, not the warm-ups
 
 
 def test_synchronizer_computes_dask():

@@ -73,15 +73,10 @@ KNN_JAX_SELECT_BLOCK = 16
 DIRECT_CHUNK_ELEMENTS = 1 << 19
 
 # NumPy linear head (softmax_loss, linear_cross_entropy) on a thread per core: at least this many rows per
-# thread, and only while the threads' extra dW copies, times this factor, fit the score buffer. None: off,
-# the default. On the quiet 2-core VM (two runs, medians of 3 x 7 interleaved calls, x the two products)
-# threaded against the serial loop with 2-thread BLAS: 20000 x 512 x 10 1.66 / 1.79 vs 0.92 / 1.24,
-# x 100 1.25 / 1.12 vs 1.18 / 1.15, 50000 x 256 x 100 1.56 / 1.24 vs 1.47 / 1.36 -- a loss at C = 10 and
-# a wash at C = 100; it had looked ahead only on the loaded machine. The cause: OpenBLAS's worker spins
-# for ~0.1 s after any two-thread product (the bench's bound runs just before), taking a core from the
-# threads; with no such call in the last 0.4 s the threaded head took 0.65x the two products (see
-# _cpu.threaded_linear_head). Kept and tested for programs whose other BLAS calls are rare (set e.g. 1024).
-CPU_HEAD_THREAD_MIN_ROWS: int | None = None
+# thread, and only while the threads' extra dW copies, times this factor, fit the score buffer, and no
+# other thread of the process is running (see _cpu.threaded_linear_head for the measurements: fewer
+# rows a part lost to the serial loop, 2.03x against 1.81x the two products at 4096 x 256 x 10). None: off.
+CPU_HEAD_THREAD_MIN_ROWS: int | None = 4096
 CPU_HEAD_THREAD_MEMORY_SHARE = 4
 # ... and each thread's chunk of X at most this many bytes (at least LINEAR_MIN_AUTO_ROWS rows), so that it
 # stays in cache from the forward product to the backward one; None: the chunk divided by the threads.

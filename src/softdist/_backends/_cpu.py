@@ -216,15 +216,45 @@ _SINGLE_THREAD_LOCK = threading.Lock()
 # (a chunk stays in cache from the forward product to the backward one). A caller already on a worker
 # thread (Dask's blocks, a user's pool) has its parallelism: there, the rows run in order as before.
 # With cache-sized chunks and G.T @ Xc on each thread (EagerCPUWorkspace.add), softmax_loss does 0.80-1.17x
-# the CPU work of the two one-thread products (thread CPU time, medians of 11, issue 15), and took 0.65x
-# the two-thread products' wall time at 20000 x 512 x 10 float32 when no two-thread BLAS call had run
-# for 0.4 s -- but 1.32x right after one (the serial loop: 1.11x). OpenBLAS's worker thread spins for
-# ~0.1 s after each two-thread call (56-75 ms of CPU during a 0.2 s sleep after one product, whatever the
-# thread limit), taking one of two cores from these threads; the bench runs the bound just before
-# softdist. Hence off by default (_config.CPU_HEAD_THREAD_MIN_ROWS).
+# the CPU work of the two one-thread products (thread CPU time, medians of 11, issue 15). Its wall time
+# depends on what ran just before. OpenBLAS's worker thread spins for ~0.1 s after each two-thread call
+# (56-75 ms of CPU during a 0.2 s sleep after one product, whatever the thread limit), taking one of two
+# cores from these threads: right after such a call the threaded head took 1.44-1.74x the two products
+# (the serial loop 1.03-1.25x). Hence the check: the threads run only while no other thread of the
+# process is running (other_threads_running; unknown off Linux: serial). The quiet 2-core VM, medians of
+# 15 interleaved calls each after the process's other threads had gone idle, x the two products,
+# threaded / serial: float32 20000 x 512 x 10 1.04 / 1.15, x 100 1.08 / 1.19, 50000 x 256 x 100 1.12 /
+# 1.32; float64 0.80 / 1.13, 0.89 / 1.13, 0.91 / 1.22; 8192 x 128 x 100 1.47 / 1.71, but 4096 x 256 x 10
+# 2.03 / 1.81 and 2048 x 512 x 10 2.20 / 1.79: hence at least 4096 rows a part
+# (_config.CPU_HEAD_THREAD_MIN_ROWS).
 def cpu_workers() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def other_threads_running() -> bool | None:
+    """Whether another thread of this process is running or runnable now (Linux: each thread's state in
+    /proc/self/task, ~12 us for a handful of threads); None where that cannot be read.
+
+    A BLAS or OpenMP pool's worker that spins after its last call shows as running: OpenBLAS's spins for
+    ~0.1 s after every multi-threaded call (threads of torch's and XLA's pools for shorter)."""
+    here = threading.get_native_id()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        if task == str(here):
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        end = stat.rfind(b")")  # the state follows the command name, which may hold spaces and ')'
+        if stat[end + 2 : end + 3] == b"R":
+            return True
+    return False
 
 
 # [(process id, threads, executor)]: kept, as starting threads on each call cost 1-10 ms on a busy machine
@@ -253,7 +283,10 @@ def threaded_linear_head(
     parts = 1 if min_rows is None else min(cpu_workers(), n // max(1, min_rows))
     small_copies = (parts - 1) * d * _config.CPU_HEAD_THREAD_MEMORY_SHARE <= chunk
     on_main = threading.current_thread() is threading.main_thread()
-    if parts < 2 or not small_copies or not isinstance(workspace, EagerCPUWorkspace) or not on_main:
+    # Threads whose cores are taken (a BLAS pool still spinning after the caller's last product) would
+    # wait on them: the rows then run in order with multi-threaded products, which use those workers.
+    usable = parts >= 2 and small_copies and isinstance(workspace, EagerCPUWorkspace) and on_main
+    if not usable or other_threads_running() is not False:
         return _linear.linear_head(
             X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, xp=xp, **options
         )

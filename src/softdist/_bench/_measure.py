@@ -1,5 +1,6 @@
 """How `softdist bench` times a call and reads its memory: warm-up, device synchronisation, median of
-interleaved repeats; peak resident memory sampled on CPU, the allocator's peak on a GPU."""
+interleaved repeats, each started once the process's other threads are idle; peak resident memory sampled
+on CPU, the allocator's peak on a GPU."""
 
 from __future__ import annotations
 
@@ -13,7 +14,24 @@ from typing import Any
 
 import numpy as np
 
+from .._backends._cpu import other_threads_running
 from .._harness import Backend
+
+# Longest wait for the process's other threads to go idle before a timed call (seconds, polled every
+# SETTLE_POLL_S). OpenBLAS's workers spin for ~0.1 s after each multi-threaded call (56-75 ms of CPU on
+# the 2-core VM): without the wait, each interleaved repeat would run with the previous method's spinning
+# workers on its cores, which costs a method that brings its own threads up to 1.7x.
+SETTLE_MAX_S = 0.25
+SETTLE_POLL_S = 0.002
+
+
+def settle(backend: Backend) -> None:
+    """Wait (CPU backends, at most SETTLE_MAX_S) until no other thread of this process is running."""
+    if backend.device_kind in ("cuda", "gpu"):
+        return
+    deadline = time.perf_counter() + SETTLE_MAX_S
+    while other_threads_running() and time.perf_counter() < deadline:
+        time.sleep(SETTLE_POLL_S)
 
 
 def synchronizer(backend: Backend) -> Callable[[Any], Any]:
@@ -146,7 +164,8 @@ def time_methods(
 
     Each thunk runs once as a warm-up (caches, thread pools, JIT compilation); its repeat count then
     fits ``budget_s`` (at least 3, or 1 when one call takes over a second), and the repeats are
-    interleaved across thunks so that machine load hits them all alike. Memory is read during each
+    interleaved across thunks so that machine load hits them all alike, each started once the
+    process's other threads are idle (:func:`settle`). Memory is read during each
     thunk's last repeat. A thunk that raises is reported through ``on_error`` and left out.
     """
     results: dict[str, Timed] = {}
@@ -167,6 +186,7 @@ def time_methods(
                 continue
             memory: dict[str, float | None] = {}
             last = round_ == repeats - 1
+            settle(backend)
             with peak_memory(backend, memory) if last else contextlib.nullcontext():
                 start = time.perf_counter()
                 thunks[name]()

@@ -69,7 +69,9 @@ def to_markdown(rows: list[dict], skipped: list[str], failures: list[str], meta:
         + f"; Python {meta['python']}; {versions}. {meta['seconds']:.0f} s in all.",
         *(["", meta["note"]] if meta.get("note") else []),
         "",
-        "Time is the median of interleaved repeats after a warm-up, with device synchronisation; "
+        "Time is the median of interleaved repeats after a warm-up, with device synchronisation, each "
+        "started once the process's other threads were idle (a BLAS pool's workers spin for up to "
+        "0.1 s after a call); "
         "× bound divides by the bound row of the same backend, dtype and size in the same run. "
         "Peak MB is how far resident memory (CPU) or the allocator's peak (GPU) rose during one call. "
         "Accuracy is scored on a harder probe problem against a long-double reference.",
