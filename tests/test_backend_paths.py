@@ -392,7 +392,7 @@ def test_threaded_numpy_head_equals_generic(parts, options, chunk_size, cache_ro
         monkeypatch.setattr(_config, "CPU_HEAD_CACHE_BYTES", cache_rows * 6 * 8)
         monkeypatch.setattr(_config, "LINEAR_MIN_AUTO_ROWS", 1)
     monkeypatch.setattr(_cpu, "cpu_workers", lambda: parts)
-    monkeypatch.setattr(_cpu, "other_threads_running", lambda: False)
+    monkeypatch.setattr(_cpu, "blas_threads", lambda: parts)
     X, W, b = rng.standard_normal((61, 6)), rng.standard_normal((5, 6)), rng.standard_normal(5)
     X[3] *= 1e3  # a row the unshifted fast kernel must repair
     y = rng.integers(0, 5, 61)
@@ -423,64 +423,72 @@ def test_threaded_numpy_head_equals_generic(parts, options, chunk_size, cache_ro
         np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("others", [True, None])
-def test_threaded_numpy_head_waits_for_busy_cores(others, rng, monkeypatch):
-    """With another thread of the process running (a BLAS pool still spinning), or no way to tell (off
-    Linux), NumPy's linear head keeps its rows in order on the calling thread."""
+def test_threaded_numpy_head_path_depends_on_settings_not_timing(rng, monkeypatch):
+    """The NumPy head's path (threads or rows in order, which add dW in different orders) depends on the
+    shapes, the cores and BLAS's thread limit, never on what ran just before: the same call gives the
+    same bits right after a two-thread product, after a pause and back to back; a BLAS limit of one
+    thread keeps the rows in order (no thread pool)."""
+    import time
+
+    from threadpoolctl import threadpool_limits
+
     from softdist import _config
 
     monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MIN_ROWS", 8)
     monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MEMORY_SHARE", 1)
     monkeypatch.setattr(_cpu, "cpu_workers", lambda: 2)
-    monkeypatch.setattr(_cpu, "other_threads_running", lambda: others)
+    monkeypatch.setattr(_cpu, "blas_threads", lambda: 2)
+    X, W = rng.standard_normal((301, 6)).astype(np.float32), rng.standard_normal((6, 5)).astype(np.float32)
+    y = rng.integers(0, 5, 301)
+    runs = []
+    for before in (lambda: None, lambda: X @ X.T, lambda: time.sleep(0.2), lambda: None):
+        before()
+        runs.append(softdist.softmax_loss(W, X, y))
+    for loss, dW in runs[1:]:
+        assert loss.tobytes() == runs[0][0].tobytes() and dW.tobytes() == runs[0][1].tobytes()
+    monkeypatch.undo()
+    monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MIN_ROWS", 8)
+    monkeypatch.setattr(_config, "CPU_HEAD_THREAD_MEMORY_SHARE", 1)
+    monkeypatch.setattr(_cpu, "cpu_workers", lambda: 2)
     monkeypatch.setattr(_cpu, "_head_pool", lambda threads: pytest.fail("the rows went to threads"))
-    X, W = rng.standard_normal((61, 6)), rng.standard_normal((6, 5))
-    y = rng.integers(0, 5, 61)
-    loss, dW = softdist.softmax_loss(W, X, y)
-    z = X @ W
+    with threadpool_limits(1, user_api="blas"):
+        assert _cpu.blas_threads() == 1
+        loss, dW = softdist.softmax_loss(W.astype(np.float64), X.astype(np.float64), y)
+    z = X.astype(np.float64) @ W
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(loss, -np.mean(np.log(p[np.arange(61), y])), rtol=1e-12)
-    p[np.arange(61), y] -= 1
-    np.testing.assert_allclose(dW, X.T @ p / 61, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(loss, -np.mean(np.log(p[np.arange(301), y])), rtol=1e-12)
+    p[np.arange(301), y] -= 1
+    np.testing.assert_allclose(dW, X.astype(np.float64).T @ p / 301, rtol=1e-10, atol=1e-14)
 
 
-def test_other_threads_running_sees_a_busy_thread():
-    """A thread computing without the GIL (hashing 64 MiB) is seen as running; /proc unreadable: None."""
-    import hashlib
+def test_threads_at_interpreter_exit(tmp_path):
+    """In an atexit handler (no thread may start then) the NumPy head and kNN run their parts and tiles
+    on the calling thread, with the same bits as on threads."""
+    import subprocess
     import sys
-    import threading
-    import time
 
-    if not sys.platform.startswith("linux"):
-        assert _cpu.other_threads_running() is None
-        return
-    started, done = threading.Event(), threading.Event()
-
-    def busy():
-        started.set()
-        while not done.is_set():
-            hashlib.sha256(bytes(64 << 20)).digest()
-
-    worker = threading.Thread(target=busy)
-    worker.start()
-    try:
-        started.wait()
-        seen, deadline = [], time.monotonic() + 5.0  # a loaded machine may keep the worker waiting
-        while True not in seen and time.monotonic() < deadline:
-            seen.append(_cpu.other_threads_running())
-    finally:
-        done.set()
-        worker.join()
-    assert True in seen and set(seen) <= {True, False}
-
-
-def test_other_threads_running_off_linux(monkeypatch):
-    def no_proc(path):
-        raise FileNotFoundError(path)
-
-    monkeypatch.setattr(_cpu.os, "listdir", no_proc)
-    assert _cpu.other_threads_running() is None
+    script = tmp_path / "at_exit.py"
+    script.write_text(
+        "import atexit, numpy as np, softdist\n"
+        "from softdist import _config\n"
+        "from softdist._backends import _cpu\n"
+        "_config.CPU_HEAD_THREAD_MIN_ROWS = 8\n"
+        "_cpu.cpu_workers = lambda: 2\n"
+        "_cpu.blas_threads = lambda: 2\n"
+        "rng = np.random.default_rng(0)\n"
+        "X, W, y = rng.standard_normal((3000, 6)), rng.standard_normal((6, 5)), rng.integers(0, 5, 3000)\n"
+        "Q = rng.standard_normal((1500, 6))\n"
+        "live = softdist.softmax_loss(W, X, y), softdist.knn(Q, X, k=3)\n"
+        "def at_exit():\n"
+        "    late = softdist.softmax_loss(W, X, y), softdist.knn(Q, X, k=3)\n"
+        "    same = all(a.tobytes() == b.tobytes() for u, v in zip(live, late) for a, b in zip(u, v))\n"
+        "    print('same' if same else 'different')\n"
+        "atexit.register(at_exit)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "same"
 
 
 @pytest.mark.parametrize("library", ["numpy", "strict", "torch"])

@@ -158,6 +158,43 @@ def test_each_repeat_starts_once_other_threads_are_idle(monkeypatch):
     assert settled == ["numpy"] * 6  # each timed repeat, not the warm-ups
 
 
+def test_other_threads_running_sees_a_busy_thread():
+    """A thread computing without the GIL (hashing 64 MiB) is seen as running."""
+    import hashlib
+    import sys
+    import threading
+
+    if not sys.platform.startswith("linux"):
+        assert _measure.other_threads_running() is None
+        return
+    started, done = threading.Event(), threading.Event()
+
+    def busy():
+        started.set()
+        while not done.is_set():
+            hashlib.sha256(bytes(64 << 20)).digest()
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        started.wait()
+        seen, deadline = [], time.monotonic() + 5.0  # a loaded machine may keep the worker waiting
+        while True not in seen and time.monotonic() < deadline:
+            seen.append(_measure.other_threads_running())
+    finally:
+        done.set()
+        worker.join()
+    assert True in seen and set(seen) <= {True, False}
+
+
+def test_other_threads_running_off_linux(monkeypatch):
+    def no_proc(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(_measure.os, "listdir", no_proc)
+    assert _measure.other_threads_running() is None
+
+
 def test_synchronizer_computes_dask():
     da = pytest.importorskip("dask.array")
     (out,) = synchronizer(backend_by_name("dask"))(da.ones(10).sum())

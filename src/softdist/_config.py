@@ -72,10 +72,10 @@ KNN_JAX_SELECT_BLOCK = 16
 # keeps about ten such temporaries).
 DIRECT_CHUNK_ELEMENTS = 1 << 19
 
-# NumPy linear head (softmax_loss, linear_cross_entropy) on a thread per core: at least this many rows per
-# thread, and only while the threads' extra dW copies, times this factor, fit the score buffer, and no
-# other thread of the process is running (see _cpu.threaded_linear_head for the measurements: fewer
-# rows a part lost to the serial loop, 2.03x against 1.81x the two products at 4096 x 256 x 10). None: off.
+# NumPy linear head (softmax_loss, linear_cross_entropy) on a thread per core (at most BLAS's thread limit):
+# at least this many rows per thread, and only while the threads' extra dW copies, times this factor, fit
+# the score buffer (see _cpu.threaded_linear_head for the measurements: fewer rows a part lost to the rows
+# in order, 2.03x against 1.81x the two products at 4096 x 256 x 10). None: off.
 CPU_HEAD_THREAD_MIN_ROWS: int | None = 4096
 CPU_HEAD_THREAD_MEMORY_SHARE = 4
 # ... and each thread's chunk of X at most this many bytes (at least LINEAR_MIN_AUTO_ROWS rows), so that it

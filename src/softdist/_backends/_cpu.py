@@ -216,45 +216,35 @@ _SINGLE_THREAD_LOCK = threading.Lock()
 # (a chunk stays in cache from the forward product to the backward one). A caller already on a worker
 # thread (Dask's blocks, a user's pool) has its parallelism: there, the rows run in order as before.
 # With cache-sized chunks and G.T @ Xc on each thread (EagerCPUWorkspace.add), softmax_loss does 0.80-1.17x
-# the CPU work of the two one-thread products (thread CPU time, medians of 11, issue 15). Its wall time
-# depends on what ran just before. OpenBLAS's worker thread spins for ~0.1 s after each two-thread call
-# (56-75 ms of CPU during a 0.2 s sleep after one product, whatever the thread limit), taking one of two
-# cores from these threads: right after such a call the threaded head took 1.44-1.74x the two products
-# (the serial loop 1.03-1.25x). Hence the check: the threads run only while no other thread of the
-# process is running (other_threads_running; unknown off Linux: serial). The quiet 2-core VM, medians of
-# 15 interleaved calls each after the process's other threads had gone idle, x the two products,
-# threaded / serial: float32 20000 x 512 x 10 1.04 / 1.15, x 100 1.08 / 1.19, 50000 x 256 x 100 1.12 /
-# 1.32; float64 0.80 / 1.13, 0.89 / 1.13, 0.91 / 1.22; 8192 x 128 x 100 1.47 / 1.71, but 4096 x 256 x 10
-# 2.03 / 1.81 and 2048 x 512 x 10 2.20 / 1.79: hence at least 4096 rows a part
-# (_config.CPU_HEAD_THREAD_MIN_ROWS).
+# the CPU work of the two one-thread products (thread CPU time, medians of 11, issue 15). The quiet 2-core
+# VM, medians of 15 interleaved calls each started with the process's other threads idle, x the two
+# products, threaded / in order: float32 20000 x 512 x 10 1.04 / 1.15, x 100 1.08 / 1.19, 50000 x 256 x
+# 100 1.12 / 1.32; float64 0.80 / 1.13, 0.89 / 1.13, 0.91 / 1.22; 8192 x 128 x 100 1.47 / 1.71, but
+# 4096 x 256 x 10 2.03 / 1.81 and 2048 x 512 x 10 2.20 / 1.79: hence at least 4096 rows a part
+# (_config.CPU_HEAD_THREAD_MIN_ROWS). The cost it does not avoid: OpenBLAS's worker thread spins for
+# ~0.1 s after each two-thread call (56-75 ms of CPU during a 0.2 s sleep after one product), taking a
+# core from these threads, so a call within ~0.1 s of the caller's own two-thread product took 1.44-1.74x
+# (in order: 1.03-1.25x). The path is NOT chosen by watching for that: the two paths add dW in different
+# orders, and a choice made by timing would give different bits from run to run (a break test saw three
+# final weights from one 20-step loop). It depends only on the shapes, the cores, BLAS's thread limit
+# (threadpoolctl.threadpool_limits, OPENBLAS_NUM_THREADS: a limit of 1 keeps the rows in order) and
+# whether the caller is the main thread.
 def cpu_workers() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def other_threads_running() -> bool | None:
-    """Whether another thread of this process is running or runnable now (Linux: each thread's state in
-    /proc/self/task, ~12 us for a handful of threads); None where that cannot be read.
-
-    A BLAS or OpenMP pool's worker that spins after its last call shows as running: OpenBLAS's spins for
-    ~0.1 s after every multi-threaded call (threads of torch's and XLA's pools for shorter)."""
-    here = threading.get_native_id()
+def blas_threads() -> int:
+    """The thread count BLAS (NumPy's) is set to now: threadpoolctl limits and OPENBLAS_NUM_THREADS
+    included (~5 us); the cores when no BLAS library is found."""
     try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return None
-    for task in tasks:
-        if task == str(here):
-            continue
-        try:
-            with open(f"/proc/self/task/{task}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # the thread ended meanwhile
-            continue
-        end = stat.rfind(b")")  # the state follows the command name, which may hold spaces and ')'
-        if stat[end + 2 : end + 3] == b"R":
-            return True
-    return False
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a core dependency
+        return cpu_workers()
+    if not _BLAS_CONTROLLER:  # finding the loaded BLAS libraries takes ~0.4 ms: once
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    counts = [lib.num_threads for lib in _BLAS_CONTROLLER[0].select(user_api="blas").lib_controllers]
+    return min(counts, default=cpu_workers())
 
 
 # [(process id, threads, executor)]: kept, as starting threads on each call cost 1-10 ms on a busy machine
@@ -281,12 +271,11 @@ def threaded_linear_head(
     chunk = min(chunk_rows, n)
     min_rows = _config.CPU_HEAD_THREAD_MIN_ROWS
     parts = 1 if min_rows is None else min(cpu_workers(), n // max(1, min_rows))
+    if parts >= 2:
+        parts = min(parts, blas_threads())  # the caller's limit (threadpoolctl, OPENBLAS_NUM_THREADS)
     small_copies = (parts - 1) * d * _config.CPU_HEAD_THREAD_MEMORY_SHARE <= chunk
     on_main = threading.current_thread() is threading.main_thread()
-    # Threads whose cores are taken (a BLAS pool still spinning after the caller's last product) would
-    # wait on them: the rows then run in order with multi-threaded products, which use those workers.
-    usable = parts >= 2 and small_copies and isinstance(workspace, EagerCPUWorkspace) and on_main
-    if not usable or other_threads_running() is not False:
+    if parts < 2 or not small_copies or not isinstance(workspace, EagerCPUWorkspace) or not on_main:
         return _linear.linear_head(
             X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, xp=xp, **options
         )
@@ -317,13 +306,18 @@ def threaded_linear_head(
             return _linear.linear_head(
                 X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, xp=xp, **options
             )
-        pool = _head_pool(parts - 1)
-        futures = [pool.submit(run, i) for i in range(1, parts)]
+        # In an atexit handler no thread may start: the parts then run here in turn, with the same
+        # one-thread products (the same bits).
+        threads_allowed = threading.main_thread().is_alive()
+        pool = _head_pool(parts - 1) if threads_allowed else None
+        futures = [pool.submit(run, i) for i in range(1, parts)] if pool is not None else []
         try:
             first = run(0)  # the calling thread takes the first part
         finally:
             concurrent.futures.wait(futures)  # none still running once BLAS gets its threads back
-        results = [first] + [f.result() for f in futures]
+        results = [first] + (
+            [f.result() for f in futures] if threads_allowed else [run(i) for i in range(1, parts)]
+        )
     row_loss = xp.concat([r[0] for r in results])
     if not want_grad:
         return row_loss, None, None, None
@@ -435,7 +429,9 @@ def knn_tile_map(xp: Any) -> _neighbors.TileMap | None:
         if len(starts) < 2:
             return [fn(q0) for q0 in starts]
         with single_threaded_products(xp) as limited:
-            if not limited:
+            # In an atexit handler no thread may start: the tiles then run here, with the same
+            # one-thread products (the same bits).
+            if not limited or not threading.main_thread().is_alive():
                 return [fn(q0) for q0 in starts]
             with concurrent.futures.ThreadPoolExecutor(
                 min(workers, len(starts)), initializer=_one_thread_here, initargs=(xp,)

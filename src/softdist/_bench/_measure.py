@@ -14,15 +14,40 @@ from typing import Any
 
 import numpy as np
 
-from .._backends._cpu import other_threads_running
 from .._harness import Backend
 
 # Longest wait for the process's other threads to go idle before a timed call (seconds, polled every
 # SETTLE_POLL_S). OpenBLAS's workers spin for ~0.1 s after each multi-threaded call (56-75 ms of CPU on
 # the 2-core VM): without the wait, each interleaved repeat would run with the previous method's spinning
-# workers on its cores, which costs a method that brings its own threads up to 1.7x.
+# workers on its cores, which costs a method that brings its own threads up to 1.7x (softdist's NumPy
+# linear head); a program that calls the method in a loop of its own has no such neighbour.
 SETTLE_MAX_S = 0.25
 SETTLE_POLL_S = 0.002
+
+
+def other_threads_running() -> bool | None:
+    """Whether another thread of this process is running or runnable now (Linux: each thread's state in
+    /proc/self/task, ~12 us for a handful of threads); None where that cannot be read.
+
+    A BLAS or OpenMP pool's worker that spins after its last call shows as running: OpenBLAS's spins for
+    ~0.1 s after every multi-threaded call (threads of torch's and XLA's pools for shorter)."""
+    here = threading.get_native_id()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        if task == str(here):
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        end = stat.rfind(b")")  # the state follows the command name, which may hold spaces and ')'
+        if stat[end + 2 : end + 3] == b"R":
+            return True
+    return False
 
 
 def settle(backend: Backend) -> None:
