@@ -237,14 +237,17 @@ def cpu_workers() -> int:
 def blas_threads() -> int:
     """The thread count BLAS (NumPy's) is set to now: threadpoolctl limits and OPENBLAS_NUM_THREADS
     included (~5 us); the cores when no BLAS library is found."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - a core dependency
+    controller = _blas_controller()
+    if controller is None:  # pragma: no cover - threadpoolctl is a core dependency
         return cpu_workers()
-    if not _BLAS_CONTROLLER:  # finding the loaded BLAS libraries takes ~0.4 ms: once
-        _BLAS_CONTROLLER.append(ThreadpoolController())
-    counts = [lib.num_threads for lib in _BLAS_CONTROLLER[0].select(user_api="blas").lib_controllers]
+    counts = [lib.num_threads for lib in controller.select(user_api="blas").lib_controllers]
     return min(counts, default=cpu_workers())
+
+
+def _threads_may_start() -> bool:
+    """False in an atexit handler, where no thread may start: the caller then runs its parts itself,
+    with the same one-thread products (the same bits)."""
+    return threading.main_thread().is_alive()
 
 
 # [(process id, threads, executor)]: kept, as starting threads on each call cost 1-10 ms on a busy machine
@@ -306,18 +309,14 @@ def threaded_linear_head(
             return _linear.linear_head(
                 X, W, terms, workspace, chunk_rows=chunk_rows, want_grad=want_grad, xp=xp, **options
             )
-        # In an atexit handler no thread may start: the parts then run here in turn, with the same
-        # one-thread products (the same bits).
-        threads_allowed = threading.main_thread().is_alive()
-        pool = _head_pool(parts - 1) if threads_allowed else None
+        pool = _head_pool(parts - 1) if _threads_may_start() else None
         futures = [pool.submit(run, i) for i in range(1, parts)] if pool is not None else []
         try:
             first = run(0)  # the calling thread takes the first part
         finally:
             concurrent.futures.wait(futures)  # none still running once BLAS gets its threads back
-        results = [first] + (
-            [f.result() for f in futures] if threads_allowed else [run(i) for i in range(1, parts)]
-        )
+        rest = [f.result() for f in futures] if pool is not None else [run(i) for i in range(1, parts)]
+        results = [first, *rest]
     row_loss = xp.concat([r[0] for r in results])
     if not want_grad:
         return row_loss, None, None, None
@@ -337,6 +336,20 @@ def threaded_linear_head(
 # float32 on 2 shared cores: 3.3 s with 2-thread BLAS products one tile at a time, 1.0 s so (the products
 # alone, 2-thread BLAS: 1.1 s). Same tiles, same arithmetic: the generic path's bits.
 _BLAS_CONTROLLER: list[Any] = []
+
+
+def _blas_controller() -> Any | None:
+    """The process's threadpoolctl controller (finding the loaded BLAS libraries takes ~0.4 ms: once);
+    None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a core dependency
+        return None
+    if not _BLAS_CONTROLLER:
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    return _BLAS_CONTROLLER[0]
+
+
 _SINGLE_THREAD_STATE: dict[str, dict[str, Any]] = {
     kind: {"users": 0, "restore": None} for kind in ("torch", "blas")
 }
@@ -356,17 +369,14 @@ def single_threaded_products(xp: Any) -> Iterator[bool]:
             return lambda: torch.set_num_threads(before)
 
     else:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - a core dependency
+        controller = _blas_controller()
+        if controller is None:  # pragma: no cover - threadpoolctl is a core dependency
             yield False
             return
 
         def limit() -> Any:
-            if not _BLAS_CONTROLLER:  # finding the loaded BLAS libraries takes ~0.4 ms: once
-                _BLAS_CONTROLLER.append(ThreadpoolController())
             restore = _as_blas_controller(
-                lambda: _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas").restore_original_limits
+                lambda: controller.limit(limits=1, user_api="blas").restore_original_limits
             )
             return lambda: _as_blas_controller(restore)
 
@@ -429,9 +439,7 @@ def knn_tile_map(xp: Any) -> _neighbors.TileMap | None:
         if len(starts) < 2:
             return [fn(q0) for q0 in starts]
         with single_threaded_products(xp) as limited:
-            # In an atexit handler no thread may start: the tiles then run here, with the same
-            # one-thread products (the same bits).
-            if not limited or not threading.main_thread().is_alive():
+            if not limited or not _threads_may_start():
                 return [fn(q0) for q0 in starts]
             with concurrent.futures.ThreadPoolExecutor(
                 min(workers, len(starts)), initializer=_one_thread_here, initargs=(xp,)
