@@ -12,7 +12,8 @@ TORCH_CPU = "torch==2.13.0"
 
 
 def _pytest(session: nox.Session, *extra: str) -> None:
-    session.run("python", "-m", "pytest", *extra, *session.posargs)
+    # a process per core, a test file to a process (the README's test command)
+    session.run("python", "-m", "pytest", "-n", "auto", "--dist", "loadfile", *extra, *session.posargs)
 
 
 @nox.session
