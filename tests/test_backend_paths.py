@@ -68,10 +68,11 @@ def _knn_data(rng):
 
 
 def _knn_hooks(xp):
-    """The backend's own pieces of the pruned search (compaction, sub-tile screen, exact kernel)."""
+    """The backend's own pieces of the pruned search (compaction, sub-tile screen and size, exact kernel)."""
     backend = backend_for(xp)
     return {"flat_nonzero": backend.knn_flat_nonzero(xp), "screen": backend.knn_screen(xp),
-            "exact_rows": backend.knn_exact_rows(xp), "finite_rows": backend.knn_finite_rows(xp)}  # fmt: skip
+            "exact_rows": backend.knn_exact_rows(xp), "finite_rows": backend.knn_finite_rows(xp),
+            "subtile_entries": backend.knn_subtile_entries(xp)}  # fmt: skip
 
 
 def _assert_pruned_equals_generic(backend, library, Qn, Xn, *, tile_map=None, **options):
@@ -512,6 +513,7 @@ def test_knn_pruned_subtiles_sample_and_threads(library, layout, rng, monkeypatc
     elif layout == "clustered":
         X = X[np.argsort(np.round(X[:, 1]), kind="stable")]
     monkeypatch.setattr(_config, "KNN_SUBTILE_ENTRIES", 16 * 7)  # 7-column sub-tiles of 16-row tiles
+    monkeypatch.setattr(_config, "KNN_TORCH_SUBTILE_ENTRIES", 16 * 7)
     monkeypatch.setattr(_config, "KNN_SAMPLE_COLUMNS", 13)
     monkeypatch.setattr(_config, "KNN_POOL_UPDATE_PER_ROW", 1)  # the bound also tightens between sub-tiles
     filled = []  # rows that fell back to a full pass: only queries with a NaN or inf may

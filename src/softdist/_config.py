@@ -55,6 +55,10 @@ DASK_KNN_REFERENCE_BYTES = 64 * MiB
 # fastest at 512-1024 pairs x 64: 20-23 ns per element in float64, 31 at 2048).
 KNN_SAMPLE_COLUMNS = 1024
 KNN_SUBTILE_ENTRIES = 1 << 18
+# torch (CPU) screens larger sub-tiles: its per-call overhead, not the cache, is what the sub-tile size
+# decides there (50000^2 x 64 float32, 2 threads, medians of 3: 7.60 s at 1 << 18, 6.60 at 1 << 19, 5.33
+# at 1 << 20, 5.46 at 1 << 21; NumPy 4.28 at 1 << 18 in the same run, slower with larger ones).
+KNN_TORCH_SUBTILE_ENTRIES = 1 << 20
 KNN_POOL_UPDATE_PER_ROW = 4
 KNN_EXACT_CHUNK_ELEMENTS = 1 << 16
 # knn on JAX at float64: candidates per query and reference tile beyond the 2k kept, taken by a float32

@@ -203,6 +203,7 @@ def knn_pruned(
     screen: Screen | None = None,
     exact_rows: Callable[..., Any] | None = None,
     finite_rows: Callable[..., Any] | None = None,
+    subtile_entries: int | None = None,
 ) -> tuple[Any, Any]:
     """Same result as :func:`knn` for eager backends, without a top-k selection on every tile.
 
@@ -220,7 +221,8 @@ def knn_pruned(
     compact faster); ``screen`` (:data:`Screen`, default :func:`screen_tiles`) computes each sub-tile's
     expansion values and the mask of those under the query's limit; ``exact_rows`` replaces
     :func:`softdist._agnostic.distances.exact_sqdist_rows` for the candidates (same bits);
-    ``finite_rows(A, xp=)`` replaces :func:`softdist._agnostic.distances.finite_rows` (same values).
+    ``finite_rows(A, xp=)`` replaces :func:`softdist._agnostic.distances.finite_rows` (same values);
+    ``subtile_entries`` (default ``_config.KNN_SUBTILE_ENTRIES``) sizes the sub-tiles screened at once.
     """
     nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
     dev = device(Q)
@@ -249,7 +251,7 @@ def knn_pruned(
     X_t = xp.matrix_transpose(X_aug)
     # Sub-tiles of about a megabyte stay in cache between the product and the comparison that reads it
     # back (single-thread NumPy, 512 x 50000 x 66 float32: 47 ms in 8192-column tiles, 42 ms in 512).
-    sub = max(1, min(tile_cols, _config.KNN_SUBTILE_ENTRIES // tile_rows))
+    sub = max(1, min(tile_cols, (subtile_entries or _config.KNN_SUBTILE_ENTRIES) // tile_rows))
 
     def query_tile(q0: int) -> tuple[Any, Any]:
         q1 = min(q0 + tile_rows, nq)

@@ -134,6 +134,10 @@ class Backend:
         """Entered around the whole pruned search (its setup included)."""
         return contextlib.nullcontext()
 
+    def knn_subtile_entries(self, xp: Any) -> int:
+        """Entries of one sub-tile of the pruned search (its product and screen at once)."""
+        return _config.KNN_SUBTILE_ENTRIES
+
     def knn_finite_rows(self, xp: Any) -> Callable[..., Any] | None:
         """``finite_rows(A, xp=)`` for the pruned search (the rows with no NaN or inf); None is
         _agnostic.distances.finite_rows."""
@@ -154,7 +158,8 @@ class Backend:
                         Q, X, operands=self.augmented_operands, select=select, xp=xp,
                         tile_map=self.knn_tile_map(xp), flat_nonzero=self.knn_flat_nonzero(xp),
                         screen=self.knn_screen(xp), exact_rows=self.knn_exact_rows(xp),
-                        finite_rows=self.knn_finite_rows(xp), **tiles,
+                        finite_rows=self.knn_finite_rows(xp),
+                        subtile_entries=self.knn_subtile_entries(xp), **tiles,
                     )  # fmt: skip
             sqdist = functools.partial(sqdist, dtype=dtype, xp=xp)
             return _neighbors.knn(Q, X, sqdist=sqdist, select=select, xp=xp, **tiles)

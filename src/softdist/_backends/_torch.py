@@ -170,6 +170,10 @@ class TorchBackend(EagerCPUKnnHooks, Backend):
     def knn_pruned_context(self, xp: Any) -> contextlib.AbstractContextManager[Any]:
         return knn_pruned_context(xp)
 
+    # Why: per-call overhead (see _config.KNN_TORCH_SUBTILE_ENTRIES)
+    def knn_subtile_entries(self, xp: Any) -> int:
+        return _config.KNN_TORCH_SUBTILE_ENTRIES
+
     # The in-place CPU kernel where it applies (see _cpu.eager_cpu_block); the scatter elsewhere.
     def softmax_kernel(self, arrays: list[Any]) -> _softmax.Kernel:
         if eager_cpu_fast_path_applies(arrays):
