@@ -72,7 +72,8 @@ def _knn_hooks(xp):
     backend = backend_for(xp)
     return {"flat_nonzero": backend.knn_flat_nonzero(xp), "screen": backend.knn_screen(xp),
             "exact_rows": backend.knn_exact_rows(xp), "finite_rows": backend.knn_finite_rows(xp),
-            "subtile_entries": backend.knn_subtile_entries(xp)}  # fmt: skip
+            "subtile_entries": backend.knn_subtile_entries(xp),
+            "kth_smallest": backend.knn_kth_smallest(xp)}  # fmt: skip
 
 
 def _assert_pruned_equals_generic(backend, library, Qn, Xn, *, tile_map=None, **options):

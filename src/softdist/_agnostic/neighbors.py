@@ -204,6 +204,7 @@ def knn_pruned(
     exact_rows: Callable[..., Any] | None = None,
     finite_rows: Callable[..., Any] | None = None,
     subtile_entries: int | None = None,
+    kth_smallest: Callable[[Any, int], Any] | None = None,
 ) -> tuple[Any, Any]:
     """Same result as :func:`knn` for eager backends, without a top-k selection on every tile.
 
@@ -222,7 +223,9 @@ def knn_pruned(
     expansion values and the mask of those under the query's limit; ``exact_rows`` replaces
     :func:`softdist._agnostic.distances.exact_sqdist_rows` for the candidates (same bits);
     ``finite_rows(A, xp=)`` replaces :func:`softdist._agnostic.distances.finite_rows` (same values);
-    ``subtile_entries`` (default ``_config.KNN_SUBTILE_ENTRIES``) sizes the sub-tiles screened at once.
+    ``subtile_entries`` (default ``_config.KNN_SUBTILE_ENTRIES``) sizes the sub-tiles screened at once;
+    ``kth_smallest(E, k)`` is each row's k-th smallest value of a 2-D E, NaN counting as largest (default:
+    by ``select``).
     """
     nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
     dev = device(Q)
@@ -252,13 +255,14 @@ def knn_pruned(
     # Sub-tiles of about a megabyte stay in cache between the product and the comparison that reads it
     # back (single-thread NumPy, 512 x 50000 x 66 float32: 47 ms in 8192-column tiles, 42 ms in 512).
     sub = max(1, min(tile_cols, (subtile_entries or _config.KNN_SUBTILE_ENTRIES) // tile_rows))
+    kth_of = kth_smallest or (lambda E, c: xp.max(xp.take_along_axis(E, select(E, c), axis=1), axis=1))
 
     def query_tile(q0: int) -> tuple[Any, Any]:
         q1 = min(q0 + tile_rows, nq)
         Qa = Q_aug[q0:q1, ...]
         kth = _sample_kth(Qa @ sample_t, sample, k, q0 + row_offset, col_offset if exclude_self else None,
-                          xp=xp, select=select)  # fmt: skip
-        pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, select=select)
+                          xp=xp, kth_smallest=kth_of)  # fmt: skip
+        pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, kth_smallest=kth_of)
         sub_tile = screen(Qa, sub) if screen else screen_tiles(Qa, sub, xp=xp, flat_nonzero=flat_nonzero)
         for j0 in range(0, m, tile_cols):  # the bound tightens once per tile
             limit = pool.limit()[:, None]
@@ -312,8 +316,9 @@ def _serial_map(fn: Callable[[int], Any], items: list[int]) -> list[Any]:
 
 
 def _sample_kth(
-    E: Any, sample: Any, k: int, q0: int, own_offset: int | None, *, xp: Any, select: Select
-) -> Any:
+    E: Any, sample: Any, k: int, q0: int, own_offset: int | None, *, xp: Any,
+    kth_smallest: Callable[[Any, int], Any],
+) -> Any:  # fmt: skip
     """Each row's k-th smallest expansion value over the sample columns (own row left out when
     ``own_offset`` is given), +inf where fewer than k are finite."""
     if own_offset is not None:
@@ -321,7 +326,7 @@ def _sample_kth(
         E = xp.where(rows == xp.astype(sample, rows.dtype)[None, :] + own_offset, xp.inf, E)
     if E.shape[1] < k:
         return xp.full(E.shape[0], xp.inf, dtype=E.dtype, device=device(E))
-    kth = xp.max(xp.take_along_axis(E, select(E, k), axis=1), axis=1)
+    kth = kth_smallest(E, k)
     return xp.where(xp.isnan(kth), xp.inf, kth)
 
 
@@ -330,8 +335,10 @@ class _Pool:
     each row's current k-th smallest expansion value ``kth``; entries beyond ``kth + window`` are
     dropped as soon as ``kth`` tightens."""
 
-    def __init__(self, rows: int, k: int, kth: Any, window: Any, *, xp: Any, select: Select) -> None:
-        self.k, self.kth, self.window, self.xp, self.select = k, kth, window, xp, select
+    def __init__(
+        self, rows: int, k: int, kth: Any, window: Any, *, xp: Any, kth_smallest: Callable[[Any, int], Any]
+    ) -> None:
+        self.k, self.kth, self.window, self.xp, self.kth_smallest = k, kth, window, xp, kth_smallest
         self.rows = xp.arange(rows, device=device(kth))
         self.r: Any = None
         self.c: Any = None
@@ -358,7 +365,7 @@ class _Pool:
             where = xp.reshape(xp.minimum(starts[:, None] + offsets[None, :], e.shape[0] - 1), (-1,))
             dense = xp.reshape(xp.take(e, where), (self.rows.shape[0], width))
             dense = xp.where(offsets[None, :] < counts[:, None], dense, xp.inf)
-            at_k = xp.max(xp.take_along_axis(dense, self.select(dense, self.k), axis=1), axis=1)
+            at_k = self.kth_smallest(dense, self.k)
             self.kth = xp.minimum(self.kth, at_k)
         (kept,) = xp.nonzero(e <= xp.take(self.limit(), r))
         self.r, self.c, self.e = xp.take(r, kept), xp.take(c, kept), xp.take(e, kept)

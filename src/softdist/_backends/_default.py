@@ -134,6 +134,11 @@ class Backend:
         """Entered around the whole pruned search (its setup included)."""
         return contextlib.nullcontext()
 
+    def knn_kth_smallest(self, xp: Any) -> Callable[[Any, int], Any] | None:
+        """``kth_smallest(E, k)`` for the pruned search: each row's k-th smallest value, NaN counting as
+        largest; None is by ``select`` (the k smallest, then their maximum)."""
+        return None
+
     def knn_subtile_entries(self, xp: Any) -> int:
         """Entries of one sub-tile of the pruned search (its product and screen at once)."""
         return _config.KNN_SUBTILE_ENTRIES
@@ -159,7 +164,8 @@ class Backend:
                         tile_map=self.knn_tile_map(xp), flat_nonzero=self.knn_flat_nonzero(xp),
                         screen=self.knn_screen(xp), exact_rows=self.knn_exact_rows(xp),
                         finite_rows=self.knn_finite_rows(xp),
-                        subtile_entries=self.knn_subtile_entries(xp), **tiles,
+                        subtile_entries=self.knn_subtile_entries(xp),
+                        kth_smallest=self.knn_kth_smallest(xp), **tiles,
                     )  # fmt: skip
             sqdist = functools.partial(sqdist, dtype=dtype, xp=xp)
             return _neighbors.knn(Q, X, sqdist=sqdist, select=select, xp=xp, **tiles)
