@@ -63,6 +63,28 @@ def test_self_mode(backend: Backend, exclude_self, rng):
         assert backend.to_numpy(index)[5, 0] == 8 and backend.to_numpy(dist)[5, 0] == 0
 
 
+@pytest.mark.parametrize(
+    ("n", "m", "d", "k", "exclude_self"),
+    [(5, 50, 0, 2, False), (50, 50, 0, 3, True), (6, 6, 0, 6, False), (0, 50, 0, 2, False),
+     (0, 50, 4, 2, False)],
+)  # fmt: skip
+def test_empty_dimensions(backend: Backend, n, m, d, k, exclude_self):
+    """Zero features (every distance 0: the first k indices, the own row left out) and zero queries: the
+    reference's answer, not an error from inside a reduction (a break test's input, (5, 0) against
+    (50, 0), raised from the pruned search's overflow check on NumPy, torch, Dask, array-api-strict)."""
+    X = np.zeros((m, d))
+    Q = X if exclude_self else np.ones((n, d))
+    want_d, want_i = reference_knn(Q, None if exclude_self else X, k, exclude_self)
+    Qb = backend.asarray(Q)
+    if exclude_self:
+        dist, index = backend.call(softdist.knn, Qb, k=k, exclude_self=True)
+    else:
+        dist, index = backend.call(softdist.knn, Qb, backend.asarray(X), k=k)
+    assert backend.to_numpy(index).shape == (n, k)
+    np.testing.assert_array_equal(backend.to_numpy(index), want_i)
+    np.testing.assert_array_equal(backend.to_numpy(dist), want_d)
+
+
 @pytest.mark.parametrize("k", [3, 10])
 def test_many_exact_ties_at_different_points(backend: Backend, float_dtype, k, rng):
     """References on three values in one dimension: ~100 lie at exactly the k-th distance, at two

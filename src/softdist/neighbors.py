@@ -118,12 +118,15 @@ def knn(
     *Pruning on eager CPU backends* (NumPy, PyTorch on the CPU, array-api-strict): the centred
     expansion's error is bounded by ``b_q = 8 eps sqrt(d + 2) (|q - c|^2 + max_x |x - c|^2)`` for
     every pair of query q and reference x (c the column mean of X; the expansion runs on data scaled by
-    a power of two that cannot overflow). The first max(2k, 4096) references give each query an upper bound
-    ``t_q`` on its k-th distance (exact values of the tile's top-2k); every tile then keeps only the
-    entries whose expansion value is at most ``min(t_q, current k-th best) + b_q`` and recomputes just
-    those exactly. An entry whose exact distance could be among the k smallest (or tie with the k-th)
-    has an expansion value within ``b_q`` of it, so it always passes: no neighbour and no tie is lost,
-    and after the first tiles one comparison pass per tile replaces a top-k selection. On GPUs each
+    a power of two that cannot overflow). A sample of max(2k, min(1024, m / 16)) references spread over
+    X (a golden-ratio sequence, so sorted or clustered input gives no worse a start) gives each query a
+    first k-th smallest expansion value ``E_q``; every tile then keeps only the entries whose expansion
+    value is at most ``E_q + 2 b_q``, and ``E_q`` tightens from the kept entries (after each tile, and
+    inside one once 4k entries a query wait). Only the entries left within ``2 b_q`` of the final
+    ``E_q`` are recomputed exactly. An entry whose exact distance could be among the k smallest (or tie
+    with the k-th) has an expansion value at most ``E_q + 2 b_q``, whichever references ``E_q`` came
+    from, so it always passes:
+    no neighbour and no tie is lost, and one comparison pass per tile replaces a top-k selection. On GPUs each
     tile instead selects its best 2k by the library's top-k, and the exact lists are merged; on JAX
     (static shapes, also under ``jax.jit``) each query keeps its best 2k distance values over all of X
     and only those are recomputed exactly (float64 candidates come from a float32 top-k, checked

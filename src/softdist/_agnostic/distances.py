@@ -257,12 +257,14 @@ def overflow_scale(A: Any, B: Any | None, *, xp: Any, finite: bool = False) -> A
     """0-D power of two: 1, or a factor that brings data so large that its centred squared norms could
     overflow into range (finite entries only; the expansion is computed on the scaled data)."""
     too_big, down, _, _ = _power_of_two_scales(A.dtype, A.shape[1], xp=xp)
-    parts = [A] if B is None else [A, B]
+    one = xp.asarray(1.0, dtype=A.dtype, device=device(A))
+    parts = [p for p in ([A] if B is None else [A, B]) if 0 not in p.shape]  # no entries: nothing to scale
+    if not parts:
+        return one
     if finite:
         largest = xp.max(xp.stack([xp.max(xp.abs(p)) for p in parts]))
     else:
         largest = xp.max(xp.stack([xp.max(xp.where(xp.isfinite(p), xp.abs(p), 0.0)) for p in parts]))
-    one = xp.asarray(1.0, dtype=A.dtype, device=device(A))
     return xp.where(largest > too_big * 0.25, xp.asarray(down, dtype=A.dtype, device=device(A)), one)
 
 
