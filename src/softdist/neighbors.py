@@ -115,31 +115,28 @@ def knn(
     The exact lists are merged by (distance, index), so ties fall by index everywhere and a duplicate of
     a query comes back at exactly 0.0.
 
-    *Pruning on eager CPU backends* (NumPy, PyTorch on the CPU, array-api-strict): the centred
-    expansion's error is bounded by ``b_q = 8 eps sqrt(d + 2) (|q - c|^2 + max_x |x - c|^2)`` for
-    every pair of query q and reference x (c the column mean of X; the expansion runs on data scaled by
-    a power of two that cannot overflow). A sample of max(2k, min(1024, m / 16)) references spread over
-    X (a golden-ratio sequence, so sorted or clustered input gives no worse a start) gives each query a
-    first k-th smallest expansion value ``E_q``; every tile then keeps only the entries whose expansion
-    value is at most ``E_q + 2 b_q``, and ``E_q`` tightens from the kept entries (after each tile, and
-    inside one once 4k entries a query wait). Only the entries left within ``2 b_q`` of the final
-    ``E_q`` are recomputed exactly. An entry whose exact distance could be among the k smallest (or tie
-    with the k-th) has an expansion value at most ``E_q + 2 b_q``, whichever references ``E_q`` came
-    from, so it always passes:
-    no neighbour and no tie is lost, and one comparison pass per tile replaces a top-k selection. On GPUs each
-    tile instead selects its best 2k by the library's top-k, and the exact lists are merged; on JAX
-    (static shapes, also under ``jax.jit``) each query keeps its best 2k distance values over all of X
-    and only those are recomputed exactly (float64 candidates come from a float32 top-k, checked
-    against the float64 values, with the float64 top-k as the fallback). There, when more than 2k
-    references lie at or within rounding of a query's k-th distance, exact ties may come back with
-    other indices than the lowest (the distances are the same). At float64
-    on JAX, finite data are first ranked by a float32 product of the centred data: each query keeps its
-    best k + 8 (``_config.KNN_JAX_SCREEN_EXTRA``), gets their exact distances, and the answer stands only
-    if its k-th distance lies strictly under a bound, from the float32 rounding error, of every
-    reference left out; otherwise its query tile takes the float64 path above. Dask runs
-    each (query block, reference block) pair as one task (the pruned search on the chunks; adjacent
-    reference chunks grouped up to 64 MiB) and merges the lists in a tree, so it runs on a
-    ``distributed`` cluster.
+    *Pruning on eager CPU backends* (NumPy, PyTorch on the CPU, array-api-strict): the centred expansion's
+    error is bounded by ``b_q = 8 eps sqrt(d + 2) (|q - c|^2 + max_x |x - c|^2)`` for every pair of query q
+    and reference x (c the column mean of X; the expansion runs on data scaled by a power of two that cannot
+    overflow). A sample of max(2k, min(1024, m / 16)) references spread over X (a golden-ratio sequence, so
+    sorted or clustered input gives no worse a start) gives each query a first k-th smallest expansion value
+    ``E_q``; every tile then keeps only the entries whose expansion value is at most ``E_q + 2 b_q``, and
+    ``E_q`` tightens from the kept entries (after each tile, and inside one once 4k entries a query wait).
+    Only the entries left within ``2 b_q`` of the final ``E_q`` are recomputed exactly. An entry whose exact
+    distance could be among the k smallest (or tie with the k-th) has an expansion value at most ``E_q + 2
+    b_q``, whichever references ``E_q`` came from, so it always passes: no neighbour and no tie is lost, and
+    one comparison pass per tile replaces a top-k selection. On GPUs each tile instead selects its best 2k
+    by the library's top-k, and the exact lists are merged; on JAX (static shapes, also under ``jax.jit``)
+    each query keeps its best 2k distance values over all of X and only those are recomputed exactly
+    (float64 candidates come from a float32 top-k, checked against the float64 values, with the float64
+    top-k as the fallback). There, when more than 2k references lie at or within rounding of a query's k-th
+    distance, exact ties may come back with other indices than the lowest (the distances are the same). At
+    float64 on JAX, finite data are first ranked by a float32 product of the centred data: each query keeps
+    its best k + 8 (``_config.KNN_JAX_SCREEN_EXTRA``), gets their exact distances, and the answer stands
+    only if its k-th distance lies strictly under a bound, from the float32 rounding error, of every
+    reference left out; otherwise its query tile takes the float64 path above. Dask runs each (query block,
+    reference block) pair as one task (the pruned search on the chunks; adjacent reference chunks grouped up
+    to 64 MiB) and merges the lists in a tree, so it runs on a ``distributed`` cluster.
 
     References
     ----------
