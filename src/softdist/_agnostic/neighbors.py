@@ -17,6 +17,8 @@ from .distances import column_mean, direct_sqdist_pairs, overflow_scale
 from .distances import finite_rows as _finite_rows
 
 Select = Callable[[Any, int], Any]
+# ``kth_smallest(E, k)``: each row's k-th smallest value of a 2-D E, NaN counting as largest.
+KthSmallest = Callable[[Any, int], Any]
 # Index given to a query's own row while it is carried through a merge: past every real index (and
 # exact in int32 and in the float64 that carries indices between Dask blocks).
 OWN_ROW_INDEX = 2**31 - 1
@@ -204,7 +206,7 @@ def knn_pruned(
     exact_rows: Callable[..., Any] | None = None,
     finite_rows: Callable[..., Any] | None = None,
     subtile_entries: int | None = None,
-    kth_smallest: Callable[[Any, int], Any] | None = None,
+    kth_smallest: KthSmallest | None = None,
 ) -> tuple[Any, Any]:
     """Same result as :func:`knn` for eager backends, without a top-k selection on every tile.
 
@@ -224,8 +226,7 @@ def knn_pruned(
     :func:`softdist._agnostic.distances.exact_sqdist_rows` for the candidates (same bits);
     ``finite_rows(A, xp=)`` replaces :func:`softdist._agnostic.distances.finite_rows` (same values);
     ``subtile_entries`` (default ``_config.KNN_SUBTILE_ENTRIES``) sizes the sub-tiles screened at once;
-    ``kth_smallest(E, k)`` is each row's k-th smallest value of a 2-D E, NaN counting as largest (default:
-    by ``select``).
+    ``kth_smallest`` (:data:`KthSmallest`) gives the bound's k-th values (default: by ``select``).
     """
     nq, m, d = Q.shape[0], X.shape[0], Q.shape[1]
     dev = device(Q)
@@ -316,9 +317,8 @@ def _serial_map(fn: Callable[[int], Any], items: list[int]) -> list[Any]:
 
 
 def _sample_kth(
-    E: Any, sample: Any, k: int, q0: int, own_offset: int | None, *, xp: Any,
-    kth_smallest: Callable[[Any, int], Any],
-) -> Any:  # fmt: skip
+    E: Any, sample: Any, k: int, q0: int, own_offset: int | None, *, xp: Any, kth_smallest: KthSmallest
+) -> Any:
     """Each row's k-th smallest expansion value over the sample columns (own row left out when
     ``own_offset`` is given), +inf where fewer than k are finite."""
     if own_offset is not None:
@@ -336,7 +336,7 @@ class _Pool:
     dropped as soon as ``kth`` tightens."""
 
     def __init__(
-        self, rows: int, k: int, kth: Any, window: Any, *, xp: Any, kth_smallest: Callable[[Any, int], Any]
+        self, rows: int, k: int, kth: Any, window: Any, *, xp: Any, kth_smallest: KthSmallest
     ) -> None:
         self.k, self.kth, self.window, self.xp, self.kth_smallest = k, kth, window, xp, kth_smallest
         self.rows = xp.arange(rows, device=device(kth))

@@ -134,7 +134,7 @@ class Backend:
         """Entered around the whole pruned search (its setup included)."""
         return contextlib.nullcontext()
 
-    def knn_kth_smallest(self, xp: Any) -> Callable[[Any, int], Any] | None:
+    def knn_kth_smallest(self, xp: Any) -> _neighbors.KthSmallest | None:
         """``kth_smallest(E, k)`` for the pruned search: each row's k-th smallest value, NaN counting as
         largest; None is by ``select`` (the k smallest, then their maximum)."""
         return None
