@@ -1,9 +1,10 @@
-"""Two issue-15 kNN cells in one quick run (about 5 minutes on 2 quiet CPUs), without the full
+"""Issue-15 kNN cells in one quick run (about 5 minutes on 2 quiet CPUs), without the full
 `softdist bench --case knn` (33 minutes): torch CPU against NumPy at 20000² and 50000² (float32 and
-float64), and JAX float64 at 5000² against the bench's blocked-product bound, eager and under jit.
-Candidates interleaved in one process, medians.
+float64), JAX float64 at 5000² against the bench's blocked-product bound, eager and under jit, and
+exact-tie-heavy data (all rows equal; 10 distinct rows, each repeated) against random data of the same
+shape on NumPy and torch. Candidates interleaved in one process, medians.
 
-    python benchmarks/knn_cells.py [torch] [jax]
+    python benchmarks/knn_cells.py [torch] [jax] [ties]
 """
 
 import statistics
@@ -59,10 +60,30 @@ def jax_float64(rng: np.random.Generator) -> None:
           f"({r['bound-jit']:.1f} ms)", flush=True)  # fmt: skip
 
 
+def tie_heavy(rng: np.random.Generator) -> None:
+    n = 20000
+    distinct = rng.standard_normal((10, 64)).astype(np.float32)
+    data = {"random": rng.standard_normal((n, 64)).astype(np.float32),
+            "all equal": np.zeros((n, 64), dtype=np.float32),
+            "10 distinct": distinct[rng.integers(0, 10, n)]}  # fmt: skip
+    fns = {}
+    for name, X in data.items():
+        tX = torch.from_numpy(X)
+        fns[f"numpy {name}"] = lambda X=X: softdist.knn(X, k=10)
+        fns[f"torch {name}"] = lambda tX=tX: softdist.knn(tX, k=10)
+    r = medians(fns, 3)
+    for lib in ("numpy", "torch"):
+        print(f"knn {n} x 64 float32 self, {lib}: " + ", ".join(
+            f"{name} {r[f'{lib} {name}']:.0f} ms ({r[f'{lib} {name}'] / r[f'{lib} random']:.2f}x random)"
+            for name in data), flush=True)  # fmt: skip
+
+
 if __name__ == "__main__":
-    wanted = sys.argv[1:] or ["torch", "jax"]
+    wanted = sys.argv[1:] or ["torch", "jax", "ties"]
     rng = np.random.default_rng(0)
     if "torch" in wanted:
         torch_against_numpy(rng)
     if "jax" in wanted:
         jax_float64(rng)
+    if "ties" in wanted:
+        tie_heavy(rng)

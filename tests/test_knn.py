@@ -15,11 +15,11 @@ def reference_knn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Brute force in long double: sort every row by (distance, index); NaN last."""
     D = reference_sqdist(Q, X)
-    if X is None and exclude_self:
-        np.fill_diagonal(D, np.inf)  # after every finite distance: never among the k <= m - 1 returned
     index = np.broadcast_to(np.arange(D.shape[1]), D.shape)
     keyed = np.where(np.isnan(D), np.inf, D)
     nan_last = np.isnan(D).astype(int)
+    if X is None and exclude_self:
+        np.fill_diagonal(nan_last, 2)  # after every other entry, NaN ones too: never among k <= m - 1
     order = np.lexsort((index, keyed, nan_last), axis=1)[:, :k]
     return np.take_along_axis(D, order, axis=1), order
 
@@ -103,6 +103,67 @@ def test_many_exact_ties_at_different_points(backend: Backend, float_dtype, k, r
         assert all(len(set(row)) == k for row in got_i.tolist())
     else:
         np.testing.assert_array_equal(got_i, want_i)
+
+
+def _crowded(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Data where far more than k references tie exactly with a query's k-th neighbour."""
+    if kind == "all_equal":  # every distance exactly 0
+        return np.full((500, 5), 3.0)
+    if kind == "few_distinct":  # 12 points, each ~40 times: ~40 exact zeros per query
+        return rng.standard_normal((12, 8))[rng.integers(0, 12, 500)]
+    if kind == "on_a_sphere":  # unit vectors +-e_i: from the origin all at exactly 1, from e_i 0, 2 or 4
+        X = np.zeros((500, 6))
+        X[np.arange(500), rng.integers(0, 6, 500)] = rng.choice([-1.0, 1.0], 500)
+        return np.concatenate([np.zeros((1, 6)), X])
+    X = rng.standard_normal((500, 8))  # "mixed": a crowd of duplicates among random rows, and a NaN row
+    X[rng.permutation(500)[:200]] = X[7]
+    X[3, 2] = np.nan
+    return X
+
+
+@pytest.mark.parametrize("kind", ["all_equal", "few_distinct", "on_a_sphere", "mixed"])
+@pytest.mark.parametrize("exclude_self", [True, False])
+@pytest.mark.parametrize("working_memory", [None, 20000])  # 20000 bytes: many tiles, bound carried over
+def test_crowded_exact_ties(backend: Backend, float_dtype, kind, exclude_self, working_memory, rng):
+    """Duplicate-heavy and all-equal data (a query's ties at the k-th distance run to hundreds): the
+    exact distances and, on the eager CPU backends and Dask, the lowest tied indices."""
+    X = _crowded(kind, rng).astype(float_dtype)
+    k = 6
+    want_d, want_i = reference_knn(X, None, k, exclude_self)
+    dist, index = backend.call(softdist.knn, backend.asarray(X), k=k, exclude_self=exclude_self,
+                               working_memory=working_memory)  # fmt: skip
+    got_d, got_i = backend.to_numpy(dist), backend.to_numpy(index)
+    np.testing.assert_allclose(got_d, want_d, rtol={"float32": 1e-5, "float64": 1e-12}[float_dtype], atol=0)
+    if backend.library == "jax" or backend.device_kind == "gpu":  # documented: another tied index
+        # each returned reference really is at the returned distance, and none is returned twice
+        at = reference_sqdist(X, None)[np.arange(X.shape[0])[:, None], got_i]
+        np.testing.assert_allclose(at, got_d, rtol={"float32": 1e-5, "float64": 1e-12}[float_dtype], atol=0)
+        assert all(len(set(row)) == k for row in got_i.tolist())
+    else:
+        np.testing.assert_array_equal(got_i, want_i)
+
+
+@pytest.mark.parametrize("kind", ["all_equal", "few_distinct"])
+def test_crowded_ties_bounded_work(kind, rng, monkeypatch):
+    """Exact ties are resolved as they crowd in: all-equal rows cost a few exact distances per query,
+    not one per reference (2000 rows: ~4 million before)."""
+    from softdist._agnostic import neighbors
+
+    pairs = []
+    exact = neighbors.direct_sqdist_pairs
+
+    def counted(A, B, rows, cols, **kwargs):
+        pairs.append(rows.shape[0])
+        return exact(A, B, rows, cols, **kwargs)
+
+    monkeypatch.setattr(neighbors, "direct_sqdist_pairs", counted)
+    n = 2000
+    X = np.zeros((n, 5)) if kind == "all_equal" else rng.standard_normal((10, 16))[rng.integers(0, 10, n)]
+    dist, index = softdist.knn(X, k=5)
+    want_d, want_i = reference_knn(X, None, 5, True)
+    np.testing.assert_array_equal(index, want_i)
+    np.testing.assert_array_equal(dist, want_d)
+    assert 0 < sum(pairs) <= 40 * n
 
 
 def test_nan_rows_sort_last(backend: Backend, rng):

@@ -125,7 +125,12 @@ def knn(
     Only the entries left within ``2 b_q`` of the final ``E_q`` are recomputed exactly. An entry whose exact
     distance could be among the k smallest (or tie with the k-th) has an expansion value at most ``E_q + 2
     b_q``, whichever references ``E_q`` came from, so it always passes: no neighbour and no tie is lost, and
-    one comparison pass per tile replaces a top-k selection. On GPUs each tile instead selects its best 2k
+    one comparison pass per tile replaces a top-k selection. Exact ties (duplicate or all-equal rows) all
+    pass that test, so a query left with more than k + 8 entries within it is resolved at once: those
+    entries get exact distances, their k best by (distance, index) are kept, and the k-th exact distance
+    ``d_q`` then bounds the later (higher-index) references, which only count below it: expansion value under
+    ``d_q + b_q``, none when ``d_q`` is 0. All-equal or few-distinct data thus costs about what random data
+    does, not one exact distance per pair. On GPUs each tile instead selects its best 2k
     by the library's top-k, and the exact lists are merged; on JAX (static shapes, also under ``jax.jit``)
     each query keeps its best 2k distance values over all of X and only those are recomputed exactly
     (float64 candidates come from a float32 top-k, checked against the float64 values, with the float64

@@ -263,7 +263,13 @@ def knn_pruned(
         Qa = Q_aug[q0:q1, ...]
         kth = _sample_kth(Qa @ sample_t, sample, k, q0 + row_offset, col_offset if exclude_self else None,
                           xp=xp, kth_smallest=kth_of)  # fmt: skip
-        pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, kth_smallest=kth_of)
+
+        def exact(r: Any, c: Any) -> Any:  # candidates are between finite rows (others: NaN expansion)
+            return direct_sqdist_pairs(Q[q0:q1, ...], X, r, c, xp=xp, finite=True, in_range=in_range,
+                                       eager=True, chunk_elements=_config.KNN_EXACT_CHUNK_ELEMENTS,
+                                       kernel=exact_rows)  # fmt: skip
+
+        pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, kth_smallest=kth_of, exact=exact)
         sub_tile = screen(Qa, sub) if screen else screen_tiles(Qa, sub, xp=xp, flat_nonzero=flat_nonzero)
         for j0 in range(0, m, tile_cols):  # the bound tightens once per tile
             limit = pool.limit()[:, None]
@@ -284,18 +290,14 @@ def knn_pruned(
                 if count > _config.KNN_POOL_UPDATE_PER_ROW * k * (
                     q1 - q0
                 ):  # sorted input: the neighbours come at once
-                    pool.add(*(xp.concat([f[i] for f in found]) for i in range(3)))
+                    pool.add(*(xp.concat([f[i] for f in found]) for i in range(3)), runs=len(found))
                     limit, found, count = pool.limit()[:, None], [], 0
             if found:
-                pool.add(*(xp.concat([f[i] for f in found]) for i in range(3)))
-        r, c = pool.candidates()
-        # candidates are between finite rows (others have NaN expansion values)
-        exact = direct_sqdist_pairs(Q[q0:q1, ...], X, r, c, xp=xp, finite=True, in_range=in_range, eager=True,
-                                    chunk_elements=_config.KNN_EXACT_CHUNK_ELEMENTS,
-                                    kernel=exact_rows)  # fmt: skip
+                pool.add(*(xp.concat([f[i] for f in found]) for i in range(3)), runs=len(found))
+        r, c, dist = pool.candidates()
         best_d = xp.full((q1 - q0, k), xp.inf, dtype=Q.dtype, device=dev)
         best_i = xp.full((q1 - q0, k), -1, dtype=index_dtype, device=dev)
-        best_d, best_i = _merge_ragged(best_d, best_i, r, exact, c + col_offset, xp=xp)
+        best_d, best_i = _merge_ragged(best_d, best_i, r, dist, c + col_offset, xp=xp)
         short = xp.any(best_i < 0, axis=1)
         if bool(xp.any(short)):  # inf and NaN distances pass no threshold: those rows in full
             best_d, best_i = _fill_short_rows(
@@ -333,49 +335,119 @@ def _sample_kth(
 class _Pool:
     """The (row, column, expansion value) entries a query tile has kept so far, ordered by row, with
     each row's current k-th smallest expansion value ``kth``; entries beyond ``kth + window`` are
-    dropped as soon as ``kth`` tightens."""
+    dropped as soon as ``kth`` tightens.
+
+    Exact ties (duplicate rows, all-equal data) defeat that bound: every tied entry stays within it. A
+    row left with more than ``k + _config.KNN_POOL_RESOLVE_EXTRA`` entries within it (random data
+    keeps about k) is therefore resolved: its first entries get exact distances (``exact(rows,
+    columns)``), their k best by (distance, column) are set aside as final candidates, the others are
+    dropped, and the k-th exact distance d_k bounds what may
+    come later. Later columns have higher indices, so they lose every tie with d_k: an entry can only
+    matter if its exact distance is below d_k, so its expansion value below d_k + window / 2 (the
+    expansion's error bound); none can when d_k is 0, and the row takes no more entries.
+    """
 
     def __init__(
-        self, rows: int, k: int, kth: Any, window: Any, *, xp: Any, kth_smallest: KthSmallest
-    ) -> None:
+        self, rows: int, k: int, kth: Any, window: Any, *, xp: Any, kth_smallest: KthSmallest,
+        exact: Callable[[Any, Any], Any],
+    ) -> None:  # fmt: skip
         self.k, self.kth, self.window, self.xp, self.kth_smallest = k, kth, window, xp, kth_smallest
+        self.exact = exact
+        self.crowded = k + _config.KNN_POOL_RESOLVE_EXTRA
         self.rows = xp.arange(rows, device=device(kth))
+        self.exact_kth = xp.full(kth.shape, xp.inf, dtype=kth.dtype, device=device(kth))
+        self.resolved: list[tuple[Any, Any, Any]] = []  # (row, column, exact distance)
         self.r: Any = None
         self.c: Any = None
         self.e: Any = None
 
     def limit(self) -> Any:
-        return self.kth + self.window
+        xp = self.xp
+        exact = xp.where(self.exact_kth == 0.0, -xp.inf, self.exact_kth + 0.5 * self.window)
+        return xp.minimum(self.kth + self.window, exact)
 
-    def add(self, r: Any, c: Any, e: Any) -> None:
-        """New entries: a few runs, each ordered by row (as a row-major nonzero gives them)."""
+    def add(self, r: Any, c: Any, e: Any, *, runs: int) -> None:
+        """New entries: ``runs`` runs, each ordered by row (as a row-major nonzero gives them)."""
         xp = self.xp
         r = xp.astype(r, self.rows.dtype)
         if self.r is not None:
             r, c, e = xp.concat([self.r, r]), xp.concat([self.c, c]), xp.concat([self.e, e])
-        order = xp.argsort(r, stable=True)  # merges the runs (a few linear passes)
-        r, c, e = xp.take(r, order), xp.take(c, order), xp.take(e, order)
+            runs += 1
+        if runs > 1:
+            order = xp.argsort(r, stable=True)  # merges the runs (a few linear passes)
+            r, c, e = xp.take(r, order), xp.take(c, order), xp.take(e, order)
         # Each row's k-th smallest kept value: its run of entries as a padded dense row, then a
         # selection of k (a few columns wide after the first tiles).
         starts = xp.searchsorted(r, self.rows)
         counts = xp.searchsorted(r, self.rows, side="right") - starts
         width = int(xp.max(counts))  # eager path: one host read
         if width >= self.k:
-            offsets = xp.arange(width, device=device(r), dtype=starts.dtype)
-            where = xp.reshape(xp.minimum(starts[:, None] + offsets[None, :], e.shape[0] - 1), (-1,))
-            dense = xp.reshape(xp.take(e, where), (self.rows.shape[0], width))
-            dense = xp.where(offsets[None, :] < counts[:, None], dense, xp.inf)
-            at_k = self.kth_smallest(dense, self.k)
+            at_k = self.kth_smallest(_dense_rows(e, starts, counts, width, xp.inf, xp=xp), self.k)
             self.kth = xp.minimum(self.kth, at_k)
         (kept,) = xp.nonzero(e <= xp.take(self.limit(), r))
-        self.r, self.c, self.e = xp.take(r, kept), xp.take(c, kept), xp.take(e, kept)
+        r, c, e = xp.take(r, kept), xp.take(c, kept), xp.take(e, kept)
+        if width > self.crowded:
+            starts = xp.searchsorted(r, self.rows)
+            counts = xp.searchsorted(r, self.rows, side="right") - starts
+            if int(xp.max(counts)) > self.crowded:  # eager path: one host read
+                done = self._resolve(r, c, starts, counts, counts > self.crowded)
+                (kept,) = xp.nonzero(~done & (e <= xp.take(self.limit(), r)))
+                r, c, e = xp.take(r, kept), xp.take(c, kept), xp.take(e, kept)
+        self.r, self.c, self.e = r, c, e
 
-    def candidates(self) -> tuple[Any, Any]:
+    def _resolve(self, r: Any, c: Any, starts: Any, counts: Any, full: Any) -> Any:
+        """Sets aside the k best entries by exact distance (then column) of the first ``crowded``
+        entries of each row marked ``full``, and tightens those rows' exact bound (the later entries
+        then face it); returns the mask of the entries resolved."""
+        xp, k, width = self.xp, self.k, self.crowded
+        (rows,) = xp.nonzero(full)
+        counts = xp.minimum(xp.take(counts, rows), width)
+        span = xp.arange(width, device=device(r), dtype=starts.dtype)
+        inside = span[None, :] < counts[:, None]
+        padded = xp.reshape(xp.take(starts, rows)[:, None] + span[None, :], (-1,))  # entry positions
+        (entries,) = xp.nonzero(xp.reshape(inside, (-1,)))  # each full row's entries, in column order
+        at = xp.take(padded, entries)
+        values = self.exact(xp.take(r, at), xp.take(c, at))
+        exact = xp.reshape(_spread(values, xp.reshape(inside, (-1,)), xp.inf, xp=xp), (rows.shape[0], width))
+        d_k = self.kth_smallest(exact, k)
+        # the k best by (distance, column): those below d_k, then the first ties at d_k
+        below = exact < d_k[:, None]
+        tie = exact == d_k[:, None]
+        tie_rank = xp.cumulative_sum(xp.astype(tie, xp.int64), axis=1)
+        best = below | (tie & (tie_rank <= k - xp.sum(xp.astype(below, xp.int64), axis=1)[:, None]))
+        (chosen,) = xp.nonzero(xp.reshape(best & inside, (-1,)))
+        at = xp.take(padded, chosen)
+        self.resolved.append((xp.take(r, at), xp.take(c, at), xp.take(xp.reshape(exact, (-1,)), chosen)))
+        self.exact_kth = xp.minimum(self.exact_kth, _spread(d_k, full, xp.inf, xp=xp))
+        slot = xp.arange(r.shape[0], device=device(r), dtype=starts.dtype) - xp.take(starts, r)
+        return xp.take(full, r) & (slot < width)
+
+    def candidates(self) -> tuple[Any, Any, Any]:
+        """(row, column, exact distance) of every entry that may be among a row's k best."""
         xp = self.xp
-        if self.r is None:
+        parts = list(self.resolved)
+        if self.r is not None:
+            parts.append((self.r, self.c, self.exact(self.r, self.c)))
+        if not parts:
             empty = xp.zeros((0,), dtype=xp.int64, device=device(self.kth))
-            return empty, empty
-        return self.r, self.c
+            return empty, empty, xp.zeros((0,), dtype=self.kth.dtype, device=device(self.kth))
+        return tuple(xp.concat([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in range(3))
+
+
+def _dense_rows(e: Any, starts: Any, counts: Any, width: int, pad: Any, *, xp: Any) -> Any:
+    """The row-ordered entries ``e`` as a (rows, width) matrix, one row's entries per row (row i's
+    start at ``starts[i]``, ``counts[i]`` of them), padded with ``pad``."""
+    offsets = xp.arange(width, device=device(e), dtype=starts.dtype)
+    where = xp.reshape(xp.minimum(starts[:, None] + offsets[None, :], e.shape[0] - 1), (-1,))
+    dense = xp.reshape(xp.take(e, where), (starts.shape[0], width))
+    return xp.where(offsets[None, :] < counts[:, None], dense, pad)
+
+
+def _spread(values: Any, mask: Any, fill: Any, *, xp: Any) -> Any:
+    """The 1-D array shaped like ``mask`` holding ``values`` (one per True entry, in order) at its True
+    entries and ``fill`` elsewhere: a gather, as the standard has no scatter."""
+    place = xp.cumulative_sum(xp.astype(mask, xp.int64)) - 1
+    return xp.where(mask, xp.take(values, xp.clip(place, 0, None)), fill)
 
 
 def _fill_short_rows(
