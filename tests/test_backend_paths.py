@@ -76,20 +76,37 @@ def _knn_hooks(xp):
             "kth_smallest": backend.knn_kth_smallest(xp)}  # fmt: skip
 
 
-def _assert_pruned_equals_generic(backend, library, Qn, Xn, *, tile_map=None, **options):
-    """The pruned search with the backend's own hooks gives the generic static path's bits."""
+def _brute_force_knn(Qn, Xn, *, k, exclude_self, **_tiles):
+    """Every distance in long double, rows sorted by (distance, index), NaN last, own row never."""
+    with np.errstate(invalid="ignore"):  # inf - inf in the rows with an inf: NaN, as knn gives
+        D = reference_sqdist(Qn, Xn)
+    last = np.isnan(D).astype(int)
+    if exclude_self:
+        np.fill_diagonal(last, 2)
+    order = np.lexsort((np.broadcast_to(np.arange(D.shape[1]), D.shape), np.where(last, np.inf, D), last))
+    order = order[:, :k]
+    return np.take_along_axis(D, order, axis=1).astype(Qn.dtype), order
+
+
+def _assert_pruned_equals_generic(backend, library, Qn, Xn, *, tile_map=None, brute_force=False, **options):
+    """The pruned search with the backend's own hooks gives the generic static path's bits (or, with
+    ``brute_force``, where more than 2k references per tile tie exactly, which the generic path's
+    per-tile top-2k need not keep by index, the brute-force answer)."""
     import array_api_compat.numpy as xnp
 
     from softdist._agnostic import neighbors as gn
 
-    generic_d, generic_i = gn.knn(
-        Qn, Xn, xp=xnp, select=lambda D, c: gn.select_smallest(D, c, xp=xnp),
-        sqdist=lambda a, b: generic.pairwise_sqdist(a, b, xp=xnp), **options,
-    )  # fmt: skip
+    if brute_force:
+        generic_d, generic_i = _brute_force_knn(Qn, Xn, **options)
+    else:
+        generic_d, generic_i = gn.knn(
+            Qn, Xn, xp=xnp, select=lambda D, c: gn.select_smallest(D, c, xp=xnp),
+            sqdist=lambda a, b: generic.pairwise_sqdist(a, b, xp=xnp), **options,
+        )  # fmt: skip
     xp = backend.xp
     operands = _numpy.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
     dist, index = gn.knn_pruned(
-        backend.asarray(Qn), backend.asarray(Xn), xp=xp, operands=operands,
+        backend.asarray(Qn), backend.asarray(Xn), xp=backend_for(xp).knn_namespace(xp), operands=operands,
         select=backend_for(xp).smallest_selector(xp), tile_map=tile_map, **_knn_hooks(xp), **options,
     )  # fmt: skip
     np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
@@ -131,8 +148,9 @@ def test_knn_fast_paths_equal_generic(library, self_mode, rng):
         operands = _numpy.numpy_augmented_operands if library == "numpy" else generic.augmented_operands
         select = backend_for(xp).smallest_selector(xp)
         dist, index = gn.knn_pruned(
-            Qb, Xb, xp=xp, operands=operands, select=select, **_knn_hooks(xp), **options
-        )
+            Qb, Xb, xp=backend_for(xp).knn_namespace(xp), operands=operands, select=select, **_knn_hooks(xp),
+            **options,
+        )  # fmt: skip
     np.testing.assert_array_equal(backend.to_numpy(index), generic_i)
     assert backend.to_numpy(dist).tobytes() == np.asarray(generic_d).tobytes()
 
@@ -493,12 +511,17 @@ def test_threads_at_interpreter_exit(tmp_path):
     assert out.stdout.strip() == "same"
 
 
+CROWDED = ("all_equal", "few_distinct", "on_a_sphere")  # exact ties crowd the candidate pool
+
+
 @pytest.mark.parametrize("library", ["numpy", "strict", "torch"])
-@pytest.mark.parametrize("layout", ["shuffled", "sorted", "clustered"])
+@pytest.mark.parametrize("layout", ["shuffled", "sorted", "clustered", *CROWDED])
 def test_knn_pruned_subtiles_sample_and_threads(library, layout, rng, monkeypatch):
     """The pruned path with several sub-tiles per tile (runs merged in the candidate pool), a spread
     sample smaller than a tile, and query tiles on threads (NumPy, torch) gives the generic path's bits,
-    on shuffled, sorted and clustered data with duplicates and non-finite rows."""
+    on shuffled, sorted and clustered data with duplicates and non-finite rows; and on data whose exact
+    ties crowd the pool (all rows equal, a few distinct rows, unit vectors: every query's ties at the
+    k-th distance number in the tens), where crowded rows are resolved by exact distances."""
     from softdist import _config
     from softdist._agnostic import neighbors as gn
     from softdist.testing import backend_by_name
@@ -513,6 +536,12 @@ def test_knn_pruned_subtiles_sample_and_threads(library, layout, rng, monkeypatc
         X = X[np.argsort(X[:, 0], kind="stable")]
     elif layout == "clustered":
         X = X[np.argsort(np.round(X[:, 1]), kind="stable")]
+    elif layout in CROWDED:  # the NaN and inf rows stay
+        finite = np.all(np.isfinite(X), axis=1)
+        crowd = {"all_equal": np.full((1, 5), 0.75), "few_distinct": rng.standard_normal((4, 5)),
+                 "on_a_sphere": np.concatenate([np.eye(5), -np.eye(5)])}[layout]  # fmt: skip
+        X[finite] = crowd[rng.integers(0, crowd.shape[0], int(finite.sum()))]
+        Q[::3] = 0.0  # from the origin every unit vector is at exactly 1
     monkeypatch.setattr(_config, "KNN_SUBTILE_ENTRIES", 16 * 7)  # 7-column sub-tiles of 16-row tiles
     monkeypatch.setattr(_config, "KNN_TORCH_SUBTILE_ENTRIES", 16 * 7)
     monkeypatch.setattr(_config, "KNN_SAMPLE_COLUMNS", 13)
@@ -526,12 +555,22 @@ def test_knn_pruned_subtiles_sample_and_threads(library, layout, rng, monkeypatc
 
     fill = gn._fill_short_rows
     monkeypatch.setattr(gn, "_fill_short_rows", spy)
+    resolved = []
+    resolve = gn._Pool._resolve
+
+    def counted(pool, *args):
+        resolved.append(1)
+        return resolve(pool, *args)
+
+    monkeypatch.setattr(gn._Pool, "_resolve", counted)
     for Qn, Xn, exclude in ((Q, X, False), (X, X, True)):
         _assert_pruned_equals_generic(
             backend, library, Qn, Xn, tile_map=backend_for(backend.xp).knn_tile_map(backend.xp),
+            brute_force=layout in CROWDED,
             k=6, exclude_self=exclude, tile_rows=16, tile_cols=40,
         )  # fmt: skip
     assert sum(filled) == 0
+    assert bool(resolved) == (layout in CROWDED)
 
 
 def _numpy_blas(info: dict) -> bool:
@@ -589,6 +628,26 @@ def test_torch_kept_positions_equal_nonzero(dtype, rng):
             got = torch_kept_positions(torch.from_numpy(D), torch.from_numpy(limit))
             np.testing.assert_array_equal(np.asarray(got), want)
             assert got.dtype == torch.int64
+
+
+def test_torch_index_select_namespace_take_equals_compat(rng):
+    """The torch pruned search's take (torch.index_select) gives array_api_compat's values, 1-D and 2-D,
+    both axes, empty and repeated indices; the rest of the namespace is compat's own."""
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as xpt
+
+    from softdist._backends._torch import index_select_namespace
+
+    ns = index_select_namespace(xpt)
+    A = torch.from_numpy(rng.standard_normal((7, 5)))
+    for x, axis, n in ((A[:, 0], None, 7), (A, 0, 7), (A, 1, 5)):
+        for idx in (rng.integers(0, n, 12), np.arange(n)[::-1].copy(), np.zeros(0, dtype=np.int64)):
+            i = torch.from_numpy(idx)
+            want = xpt.take(x, i) if axis is None else xpt.take(x, i, axis=axis)
+            got = ns.take(x, i) if axis is None else ns.take(x, i, axis=axis)
+            assert torch.equal(got, want) and got.dtype == want.dtype
+    assert ns.argsort is xpt.argsort and ns.__name__ == xpt.__name__
+    assert ns.__array_namespace_info__ is xpt.__array_namespace_info__
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -143,6 +143,10 @@ class Backend:
         """Entries of one sub-tile of the pruned search (its product and screen at once)."""
         return _config.KNN_SUBTILE_ENTRIES
 
+    def knn_namespace(self, xp: Any) -> Any:
+        """The namespace the pruned search computes with (the same functions, same results)."""
+        return xp
+
     def knn_finite_rows(self, xp: Any) -> Callable[..., Any] | None:
         """``finite_rows(A, xp=)`` for the pruned search (the rows with no NaN or inf); None is
         _agnostic.distances.finite_rows."""
@@ -160,7 +164,7 @@ class Backend:
             if self.knn_pruning_applies(Q) and (X is Q or self.knn_pruning_applies(X)):
                 with self.knn_pruned_context(xp):
                     return _neighbors.knn_pruned(
-                        Q, X, operands=self.augmented_operands, select=select, xp=xp,
+                        Q, X, operands=self.augmented_operands, select=select, xp=self.knn_namespace(xp),
                         tile_map=self.knn_tile_map(xp), flat_nonzero=self.knn_flat_nonzero(xp),
                         screen=self.knn_screen(xp), exact_rows=self.knn_exact_rows(xp),
                         finite_rows=self.knn_finite_rows(xp),
