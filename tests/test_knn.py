@@ -111,17 +111,18 @@ def _crowded(kind: str, rng: np.random.Generator) -> np.ndarray:
         return np.full((500, 5), 3.0)
     if kind == "few_distinct":  # 12 points, each ~40 times: ~40 exact zeros per query
         return rng.standard_normal((12, 8))[rng.integers(0, 12, 500)]
-    if kind == "on_a_sphere":  # unit vectors +-e_i: from the origin all at exactly 1, from e_i 0, 2 or 4
+    if kind in ("on_a_sphere", "huge_sphere"):  # +-e_i: from the origin all at exactly 1, from e_i 0, 2 or 4
         X = np.zeros((500, 6))
         X[np.arange(500), rng.integers(0, 6, 500)] = rng.choice([-1.0, 1.0], 500)
-        return np.concatenate([np.zeros((1, 6)), X])
+        # huge: scaled by 2**60, near float32's overflow (the float32 expansion runs on scaled-down data)
+        return np.concatenate([np.zeros((1, 6)), X]) * (2.0**60 if kind == "huge_sphere" else 1.0)
     X = rng.standard_normal((500, 8))  # "mixed": a crowd of duplicates among random rows, and a NaN row
     X[rng.permutation(500)[:200]] = X[7]
     X[3, 2] = np.nan
     return X
 
 
-@pytest.mark.parametrize("kind", ["all_equal", "few_distinct", "on_a_sphere", "mixed"])
+@pytest.mark.parametrize("kind", ["all_equal", "few_distinct", "on_a_sphere", "huge_sphere", "mixed"])
 @pytest.mark.parametrize("exclude_self", [True, False])
 @pytest.mark.parametrize("working_memory", [None, 20000])  # 20000 bytes: many tiles, bound carried over
 def test_crowded_exact_ties(backend: Backend, float_dtype, kind, exclude_self, working_memory, rng):

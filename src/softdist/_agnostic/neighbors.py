@@ -269,7 +269,8 @@ def knn_pruned(
                                        eager=True, chunk_elements=_config.KNN_EXACT_CHUNK_ELEMENTS,
                                        kernel=exact_rows)  # fmt: skip
 
-        pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, kth_smallest=kth_of, exact=exact)
+        pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, kth_smallest=kth_of, exact=exact,
+                     unscaled=in_range)  # fmt: skip
         sub_tile = screen(Qa, sub) if screen else screen_tiles(Qa, sub, xp=xp, flat_nonzero=flat_nonzero)
         for j0 in range(0, m, tile_cols):  # the bound tightens once per tile
             limit = pool.limit()[:, None]
@@ -344,15 +345,16 @@ class _Pool:
     dropped, and the k-th exact distance d_k bounds what may
     come later. Later columns have higher indices, so they lose every tie with d_k: an entry can only
     matter if its exact distance is below d_k, so its expansion value below d_k + window / 2 (the
-    expansion's error bound); none can when d_k is 0, and the row takes no more entries.
+    expansion's error bound; only when the expansion runs on ``unscaled`` data, in the exact distances'
+    units); none can when d_k is 0, and the row takes no more entries.
     """
 
     def __init__(
         self, rows: int, k: int, kth: Any, window: Any, *, xp: Any, kth_smallest: KthSmallest,
-        exact: Callable[[Any, Any], Any],
+        exact: Callable[[Any, Any], Any], unscaled: bool,
     ) -> None:  # fmt: skip
         self.k, self.kth, self.window, self.xp, self.kth_smallest = k, kth, window, xp, kth_smallest
-        self.exact = exact
+        self.exact, self.unscaled = exact, unscaled
         self.crowded = k + _config.KNN_POOL_RESOLVE_EXTRA
         self.rows = xp.arange(rows, device=device(kth))
         self.exact_kth = xp.full(kth.shape, xp.inf, dtype=kth.dtype, device=device(kth))
@@ -363,8 +365,9 @@ class _Pool:
 
     def limit(self) -> Any:
         xp = self.xp
-        exact = xp.where(self.exact_kth == 0.0, -xp.inf, self.exact_kth + 0.5 * self.window)
-        return xp.minimum(self.kth + self.window, exact)
+        bound = self.kth + self.window
+        above = self.exact_kth + 0.5 * self.window if self.unscaled else bound
+        return xp.minimum(bound, xp.where(self.exact_kth == 0.0, -xp.inf, above))
 
     def add(self, r: Any, c: Any, e: Any, *, runs: int) -> None:
         """New entries: ``runs`` runs, each ordered by row (as a row-major nonzero gives them)."""
