@@ -212,7 +212,7 @@ class TestBadInput:
         [
             ((), {"k": 0}, ValueError, "k must be >= 1"),
             ((), {"k": 2.0}, TypeError, "k must be an int"),
-            ((), {"k": 4}, ValueError, r"k = 4 is larger than the 3 rows in X minus the query itself"),
+            ((), {"k": 4}, ValueError, r"k = 4 is larger than the 3 other rows in X \(exclude_self=True"),
             ((np.zeros((5, 3)),), {"k": 6}, ValueError, "k = 6 is larger than the 5 rows in X"),
             ((np.zeros((5, 2)),), {"k": 1}, ValueError, "same number of features"),
             (

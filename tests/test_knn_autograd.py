@@ -48,6 +48,37 @@ def test_knn_distances_are_differentiable(backend: Backend, two_sets, rng):
         np.testing.assert_allclose(g.cpu().numpy(), w.numpy(), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("data", ["all_equal", "few_distinct"])
+@pytest.mark.parametrize("two_sets", [False, True])
+def test_ties_under_autograd_fall_by_index(backend: Backend, data, two_sets, rng):
+    """More exact ties than 2k per tile (a break test's input: 50 all-equal rows, k = 3 gave 31, 32, 33
+    on the CPU): with autograd recording, the indices are the lowest tied ones, as without it, and the
+    distances the same bits (GPUs: the documented tie limit, tied indices at the right distance)."""
+    torch = _torch_only(backend)
+    points = np.full((1, 6), 0.3) if data == "all_equal" else rng.standard_normal((4, 6))
+    X0 = points[rng.integers(0, points.shape[0], 300)]
+    Q0 = X0[:40] + (0.0 if data == "all_equal" else 0.5)
+    X = backend.asarray(X0, "float64").requires_grad_()
+    Q = backend.asarray(Q0, "float64").requires_grad_() if two_sets else X
+    args = (Q, X) if two_sets else (X,)
+    D, idx = softdist.knn(*args, k=7, working_memory=20000)
+    D_ref = ((torch.tensor(Q0 if two_sets else X0)[:, None, :] - torch.tensor(X0)[None]) ** 2).sum(-1)
+    if not two_sets:
+        D_ref.fill_diagonal_(float("inf"))
+    order = np.lexsort((np.broadcast_to(np.arange(300), D_ref.shape), D_ref.numpy()), axis=1)[:, :7]
+    got = idx.detach().cpu().numpy()
+    if backend.device_kind == "gpu":
+        np.testing.assert_array_equal(np.take_along_axis(D_ref.numpy(), got, axis=1),
+                                      np.take_along_axis(D_ref.numpy(), order, axis=1))  # fmt: skip
+    else:
+        np.testing.assert_array_equal(got, order)
+        with torch.no_grad():
+            D_ng, idx_ng = softdist.knn(*args, k=7, working_memory=20000)
+        assert torch.equal(idx, idx_ng) and torch.equal(D.detach(), D_ng)
+    D.sum().backward()
+    assert torch.isfinite(X.grad).all()
+
+
 def test_embedding_weight_reproducer(backend: Backend):
     torch = _torch_only(backend)
     torch.manual_seed(0)

@@ -28,8 +28,11 @@ def _check_k(k: Any, available: int, exclude_self: bool) -> None:
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
     if k > available:
-        what = "rows in X minus the query itself (exclude_self=True)" if exclude_self else "rows in X"
-        raise ValueError(f"k = {k} is larger than the {available} {what}")
+        if exclude_self:
+            what = f"{max(available, 0)} other rows in X (exclude_self=True leaves each query's own row out)"
+        else:
+            what = f"{available} rows in X"
+        raise ValueError(f"k = {k} is larger than the {what}")
 
 
 def _tiles(nq: int, m: int, itemsize: int, working_memory: int) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import _config
 from .._agnostic import linear as _linear
+from .._agnostic import neighbors as _neighbors
 from .._agnostic import softmax as _softmax
 from ._cpu import EagerCPUKnnHooks, EagerCPUWorkspace, cpu_workers, eager_cpu_block, single_threaded_products
 from ._default import Backend, scattering_kernel
@@ -183,6 +184,33 @@ class TorchBackend(EagerCPUKnnHooks, Backend):
 
     def knn_finite_rows(self, xp: Any) -> Any:
         return torch_finite_rows
+
+    # Why: while autograd records, the pruned search cannot run (it writes into buffers), and the tiled
+    # search's per-tile torch.topk keeps arbitrary indices among more than 2k exact ties (50 all-equal
+    # rows, k = 3: 31, 32, 33 where no_grad gives 1, 2, 3). On the CPU the indices come from the pruned
+    # search on detached tensors, and the distances from the tiled search's own differentiable exact
+    # kernel at those indices: the no-grad call's indices and bits (tests/test_knn_autograd.py). When
+    # autograd does not record, the search gets detached tensors too: its query tiles run on worker
+    # threads, where torch.no_grad (thread-local) does not reach, and its in-place kernels raised on
+    # tensors that require grad.
+    def knn(
+        self, Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: int, tile_cols: int,
+        sqdist: Callable[..., Any], dtype: Any, index_dtype: Any, xp: Any,
+    ) -> tuple[Any, Any]:  # fmt: skip
+        import torch
+
+        options = {"k": k, "exclude_self": exclude_self, "tile_rows": tile_rows, "tile_cols": tile_cols,
+                   "sqdist": sqdist, "dtype": dtype, "index_dtype": index_dtype, "xp": xp}  # fmt: skip
+        recording = torch.is_grad_enabled() and (Q.requires_grad or X.requires_grad)
+        on_cpu = Q.device.type == "cpu" and X.device.type == "cpu"
+        if is_torch_transformed([Q, X]) or (recording and not on_cpu):
+            return super().knn(Q, X, **options)
+        Qd = Q.detach()
+        if not recording:
+            return super().knn(Qd, Qd if X is Q else X.detach(), **options)
+        with torch.no_grad():
+            _, index = super().knn(Qd, Qd if X is Q else X.detach(), **options)
+        return _neighbors.exact_sqdist(Q, X, index, xp=xp), index
 
     def knn_screen(self, xp: Any) -> Any:
         return torch_knn_screen
