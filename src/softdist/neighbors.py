@@ -80,8 +80,10 @@ def knn(
     sqdist : array, shape (nq, k)
         Exact squared distances of the returned pairs (the exact value of the given floats, rounded
         once: the same bits on every backend), in the promoted floating dtype of Q and X. On torch
-        tensors that require grad (while autograd records) they are differentiable: that call takes
-        the tiled search instead of the in-place pruned one, with the same values and indices.
+        tensors that require grad (while autograd records) they are differentiable: on the CPU the
+        in-place pruned search picks the indices on detached tensors and the distances are recomputed
+        differentiably at them (the same values and indices as without autograd); on GPUs the call
+        takes the tiled search.
     indices : array, shape (nq, k)
         Row indices into X, in the namespace's default index dtype. Both sorted by (distance, index):
         ties go to the lower index, identically on the eager CPU backends and Dask; inf distances come
