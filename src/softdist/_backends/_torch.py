@@ -174,13 +174,10 @@ class TorchBackend(EagerCPUKnnHooks, Backend):
 
         return torch.topk(D, count, dim=1, largest=False, sorted=False).indices
 
-    # Not while autograd records through x: the pruned search writes into buffers (matmul out=), which
-    # autograd refuses; the tiled search through the public distance kernel is differentiable.
+    # On the CPU outside torch.func transforms; knn (below) hands it detached tensors only, as the
+    # pruned search writes into buffers (matmul out=), which autograd refuses.
     def knn_pruning_applies(self, x: Any) -> bool:
-        import torch
-
-        recording = torch.is_grad_enabled() and x.requires_grad
-        return x.device.type == "cpu" and not recording and not is_torch_transformed([x])
+        return x.device.type == "cpu" and not is_torch_transformed([x])
 
     def knn_finite_rows(self, xp: Any) -> Any:
         return torch_finite_rows
