@@ -13,10 +13,11 @@ from softdist.testing import Backend, assert_same_kind, backend_by_name, jax_x64
 def reference_knn(
     Q: np.ndarray, X: np.ndarray | None, k: int, exclude_self: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force in long double: sort every row by (distance, index); NaN last."""
+    """Brute force in long double: sort every row by (distance rounded to Q's dtype, index), as knn
+    promises (exact distances rounded once, ties by index); NaN last."""
     D = reference_sqdist(Q, X)
     index = np.broadcast_to(np.arange(D.shape[1]), D.shape)
-    keyed = np.where(np.isnan(D), np.inf, D)
+    keyed = np.where(np.isnan(D), np.inf, D.astype(Q.dtype) if Q.dtype.kind == "f" else D)
     nan_last = np.isnan(D).astype(int)
     if X is None and exclude_self:
         np.fill_diagonal(nan_last, 2)  # after every other entry, NaN ones too: never among k <= m - 1
@@ -163,7 +164,66 @@ def test_crowded_ties_bounded_work(kind, rng, monkeypatch):
     dist, index = softdist.knn(X, k=5)
     want_d, want_i = reference_knn(X, None, 5, True)
     np.testing.assert_array_equal(index, want_i)
-    np.testing.assert_array_equal(dist, want_d)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-12, atol=0)
+    assert 0 < sum(pairs) <= 40 * n
+
+
+def _far_rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random rows with a few far from the rest: a reference's norm widens the expansion's error bound."""
+    X = rng.standard_normal((n, 8))
+    if kind == "one_outlier":
+        X[n // 3] *= 1000.0
+    elif kind == "outliers":  # several, far and farther, on both sides of the data
+        X[rng.permutation(n)[:5]] *= np.array([-1e4, 1e3, 3e3, -300.0, 1e5])[:, None]
+    else:  # "far_cluster": a tenth of the rows in a tight cluster far away, shuffled among the others
+        X[rng.permutation(n)[: n // 10]] = 500.0 + 0.01 * rng.standard_normal((n // 10, 8))
+    return X
+
+
+@pytest.mark.parametrize("kind", ["one_outlier", "outliers", "far_cluster"])
+def test_far_rows(backend: Backend, float_dtype, kind, rng):
+    """Rows far from the others (outliers, a far cluster): every query's exact neighbours, ties by index.
+    JAX and GPUs pick candidates by the expansion's float32 values (documented in docs/numerics.md):
+    where its error exceeds the gaps between a query's neighbours they may return other references,
+    each at its exact distance."""
+    X = _far_rows(kind, rng, 300).astype(float_dtype)
+    Q = np.concatenate([X[:40], 50.0 * rng.standard_normal((5, 8)).astype(float_dtype)])
+    for queries in (None, Q):
+        want_d, want_i = reference_knn(X if queries is None else queries, X if queries is not None else None,
+                                       5, queries is None)  # fmt: skip
+        args = (backend.asarray(X),) if queries is None else (backend.asarray(queries), backend.asarray(X))
+        dist, index = backend.call(softdist.knn, *args, k=5, working_memory=20000)
+        got_d, got_i = backend.to_numpy(dist), backend.to_numpy(index)
+        rtol = {"float32": 1e-5, "float64": 1e-12}[float_dtype]
+        if (backend.library == "jax" or backend.device_kind == "gpu") and float_dtype == "float32":
+            at = reference_sqdist(X if queries is None else queries, X)
+            at = at[np.arange(at.shape[0])[:, None], got_i]
+            np.testing.assert_allclose(got_d, at, rtol=rtol, atol=0)
+            continue
+        np.testing.assert_allclose(got_d, want_d, rtol=rtol, atol=0)
+        np.testing.assert_array_equal(got_i, want_i)
+
+
+@pytest.mark.parametrize("kind", ["one_outlier", "outliers", "far_cluster"])
+def test_far_rows_bounded_work(kind, rng, monkeypatch):
+    """A far reference widens only its own entries' bound: a few exact distances per query, not one
+    per reference (2000 rows with one outlier: ~4 million before)."""
+    from softdist._agnostic import neighbors
+
+    pairs = []
+    exact = neighbors.direct_sqdist_pairs
+
+    def counted(A, B, rows, cols, **kwargs):
+        pairs.append(rows.shape[0])
+        return exact(A, B, rows, cols, **kwargs)
+
+    monkeypatch.setattr(neighbors, "direct_sqdist_pairs", counted)
+    n = 2000
+    X = _far_rows(kind, rng, n)
+    dist, index = softdist.knn(X, k=5)
+    want_d, want_i = reference_knn(X, None, 5, True)
+    np.testing.assert_array_equal(index, want_i)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-12, atol=0)
     assert 0 < sum(pairs) <= 40 * n
 
 

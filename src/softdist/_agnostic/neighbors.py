@@ -150,7 +150,7 @@ def _stack_rows(parts: list[Any], *, xp: Any) -> Any:
 
 
 # -- eager backends: prune each tile against the current k-th best ---------------------------------------
-# Bound of the centred expansion against the exact distance (README, "Accuracy of the distances"):
+# Bound of the centred expansion against the exact distance (docs/numerics.md), per pair:
 # |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 + |x - mean|^2), with
 # EXPANSION_BOUND, the spread sample's size, the sub-tile size, when the bound tightens inside a tile and
 # the exact distances' chunk size in softdist._config (KNN_*).
@@ -210,13 +210,15 @@ def knn_pruned(
 ) -> tuple[Any, Any]:
     """Same result as :func:`knn` for eager backends, without a top-k selection on every tile.
 
-    Everything is decided on the centred expansion E, whose error against the exact distance is at
-    most b (per query row, EXPANSION_BOUND), and only the final candidates are computed exactly. If
-    E_k is a query's k-th smallest expansion value over any subset of the references, every true
-    neighbour (ties included) has E <= E_k + 2b. A spread sample of KNN_SAMPLE_COLUMNS references gives a
-    first E_k; every tile then keeps only the entries under the current E_k + 2b (one comparison pass
-    and a compaction, no selection), and E_k tightens from the kept entries. At the end the kept
-    entries within 2b of the final E_k (about k per query) get exact distances and are ranked by
+    Everything is decided on the centred expansion E, whose error against the exact distance D is at
+    most b(q, x) = beta (rq + rx) (rq, rx the centred squared norms; beta from EXPANSION_BOUND), and
+    only the final candidates are computed exactly. Each entry has a lower value L = E - b <= D and an
+    upper value U = E + b >= D; if U_k is a query's k-th smallest upper value over any subset of the
+    references, every true neighbour (ties included) has L <= U_k. A spread sample of
+    KNN_SAMPLE_COLUMNS references gives a first U_k; every tile then keeps only the entries with
+    L <= U_k (one comparison pass on the product, whose reference column carries rx's share of the
+    bound, and a compaction, no selection), and U_k tightens from the kept entries. At the end the
+    kept entries still under the final U_k (about k per query) get exact distances and are ranked by
     (distance, index). ``row_offset``/``col_offset`` place Q and X in a larger problem (Dask blocks):
     they decide which entry is a query's own row, and are added to the returned indices. ``tile_map(fn,
     starts)`` returns ``[fn(q0) for q0 in starts]`` (query tiles are independent: a backend may run
@@ -242,16 +244,22 @@ def knn_pruned(
         xp.where(good_q[:, None], Q * scale, mean), xp.where(good_x[:, None], X * scale, mean), mean, xp=xp
     )
     rq, rx = xp.where(good_q, rq, xp.nan), xp.where(good_x, rx, xp.nan)
+    # The bound is per pair, b(q, x) = beta * (rq + rx) (rq, rx: the centred squared norms). The
+    # reference's share goes into the product: the screened value is F = E - beta * rx (X_aug's norm
+    # column times 1 - beta), so D >= F - beta * rq and D <= F + beta * rq + 2 * beta * rx. One far
+    # reference then widens only its own entries' bound (with the largest norm in every bound, one
+    # outlier row made every entry pass: 5000 x 64 with one row times 1000, 25 s against 0.26 s).
+    beta = _config.EXPANSION_BOUND * xp.finfo(Q.dtype).eps * (d + 2) ** 0.5
     Q_aug = xp.concat([Q_aug[:, :d], rq[:, None], Q_aug[:, d + 1 :]], axis=1)
-    X_aug = xp.concat([X_aug[:, : d + 1], rx[:, None]], axis=1)
-    eps = xp.finfo(Q.dtype).eps
-    rx_max = xp.max(xp.where(good_x, rx, 0.0))
-    window = 2.0 * _config.EXPANSION_BOUND * eps * (d + 2) ** 0.5 * (rq + rx_max)  # 2b, NaN for a bad query
+    X_aug = xp.concat([X_aug[:, : d + 1], (rx * (1.0 - beta))[:, None]], axis=1)
+    upper = 2.0 * beta * rx  # F + upper[x] + beta * rq bounds D(q, x) from above
+    window = 2.0 * beta * rq  # 2 beta rq, NaN for a bad query
     index_dtype = default_dtype(xp, "indexing", device=dev)
     # At most a sixteenth of the references: the sample's product is extra work (Dask blocks are narrow).
     n_sample = max(2 * k, min(_config.KNN_SAMPLE_COLUMNS, m // 16))
     sample = xp.asarray(spread_sample(m, n_sample), dtype=index_dtype, device=dev)
     sample_t = xp.matrix_transpose(xp.take(X_aug, sample, axis=0))
+    sample_upper = xp.take(upper, sample)[None, :]
     X_t = xp.matrix_transpose(X_aug)
     # Sub-tiles of about a megabyte stay in cache between the product and the comparison that reads it
     # back (single-thread NumPy, 512 x 50000 x 66 float32: 47 ms in 8192-column tiles, 42 ms in 512).
@@ -261,15 +269,16 @@ def knn_pruned(
     def query_tile(q0: int) -> tuple[Any, Any]:
         q1 = min(q0 + tile_rows, nq)
         Qa = Q_aug[q0:q1, ...]
-        kth = _sample_kth(Qa @ sample_t, sample, k, q0 + row_offset, col_offset if exclude_self else None,
-                          xp=xp, kth_smallest=kth_of)  # fmt: skip
+        own = col_offset if exclude_self else None
+        kth = _sample_kth(Qa @ sample_t + sample_upper, sample, k, q0 + row_offset, own, xp=xp,
+                          kth_smallest=kth_of)  # fmt: skip
 
         def exact(r: Any, c: Any) -> Any:  # candidates are between finite rows (others: NaN expansion)
             return direct_sqdist_pairs(Q[q0:q1, ...], X, r, c, xp=xp, finite=True, in_range=in_range,
                                        eager=True, chunk_elements=_config.KNN_EXACT_CHUNK_ELEMENTS,
                                        kernel=exact_rows)  # fmt: skip
 
-        pool = _Pool(q1 - q0, k, kth, window[q0:q1], xp=xp, kth_smallest=kth_of, exact=exact,
+        pool = _Pool(q1 - q0, k, kth, window[q0:q1], upper, xp=xp, kth_smallest=kth_of, exact=exact,
                      unscaled=in_range)  # fmt: skip
         sub_tile = screen(Qa, sub) if screen else screen_tiles(Qa, sub, xp=xp, flat_nonzero=flat_nonzero)
         for j0 in range(0, m, tile_cols):  # the bound tightens once per tile
@@ -334,9 +343,9 @@ def _sample_kth(
 
 
 class _Pool:
-    """The (row, column, expansion value) entries a query tile has kept so far, ordered by row, with
-    each row's current k-th smallest expansion value ``kth``; entries beyond ``kth + window`` are
-    dropped as soon as ``kth`` tightens.
+    """The (row, column, screened value F) entries a query tile has kept so far, ordered by row, with
+    each row's current k-th smallest upper value ``kth`` (F + ``upper[column]``, see knn_pruned);
+    entries with F beyond ``kth + window`` are dropped as soon as ``kth`` tightens.
 
     Exact ties (duplicate rows, all-equal data) defeat that bound: every tied entry stays within it. A
     row left with more than ``k + _config.KNN_POOL_RESOLVE_EXTRA`` entries within it (random data
@@ -344,16 +353,17 @@ class _Pool:
     columns)``), their k best by (distance, column) are set aside as final candidates, the others are
     dropped, and the k-th exact distance d_k bounds what may
     come later. Later columns have higher indices, so they lose every tie with d_k: an entry can only
-    matter if its exact distance is below d_k, so its expansion value below d_k + window / 2 (the
-    expansion's error bound; only when the expansion runs on ``unscaled`` data, in the exact distances'
-    units); none can when d_k is 0, and the row takes no more entries.
+    matter if its exact distance is below d_k, so its F below d_k + window / 2 (F - window / 2 is a
+    lower bound of the distance; only when the expansion runs on ``unscaled`` data, in the exact
+    distances' units); none can when d_k is 0, and the row takes no more entries.
     """
 
     def __init__(
-        self, rows: int, k: int, kth: Any, window: Any, *, xp: Any, kth_smallest: KthSmallest,
+        self, rows: int, k: int, kth: Any, window: Any, upper: Any, *, xp: Any, kth_smallest: KthSmallest,
         exact: Callable[[Any, Any], Any], unscaled: bool,
     ) -> None:  # fmt: skip
         self.k, self.kth, self.window, self.xp, self.kth_smallest = k, kth, window, xp, kth_smallest
+        self.upper = upper
         self.exact, self.unscaled = exact, unscaled
         self.crowded = k + _config.KNN_POOL_RESOLVE_EXTRA
         self.rows = xp.arange(rows, device=device(kth))
@@ -385,7 +395,8 @@ class _Pool:
         counts = xp.searchsorted(r, self.rows, side="right") - starts
         width = int(xp.max(counts))  # eager path: one host read
         if width >= self.k:
-            at_k = self.kth_smallest(_dense_rows(e, starts, counts, width, xp.inf, xp=xp), self.k)
+            u = e + xp.take(self.upper, c)  # each entry's upper value
+            at_k = self.kth_smallest(_dense_rows(u, starts, counts, width, xp.inf, xp=xp), self.k)
             self.kth = xp.minimum(self.kth, at_k)
         (kept,) = xp.nonzero(e <= xp.take(self.limit(), r))
         r, c, e = xp.take(r, kept), xp.take(c, kept), xp.take(e, kept)
