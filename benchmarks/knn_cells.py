@@ -1,10 +1,11 @@
 """Issue-15 kNN cells in one quick run (about 5 minutes on 2 quiet CPUs), without the full
 `softdist bench --case knn` (33 minutes): torch CPU against NumPy at 20000² and 50000² (float32 and
 float64), JAX float64 at 5000² against the bench's blocked-product bound, eager and under jit, and
-exact-tie-heavy data (all rows equal; 10 distinct rows, each repeated) against random data of the same
-shape on NumPy and torch. Candidates interleaved in one process, medians.
+exact-tie-heavy data (all rows equal; 10 distinct rows, each repeated) and data with rows far from the
+others (one outlier, a far tight cluster, two clusters far apart) against random data of the same shape
+on NumPy and torch. Candidates interleaved in one process, medians.
 
-    python benchmarks/knn_cells.py [torch] [jax] [ties]
+    python benchmarks/knn_cells.py [torch] [jax] [ties] [far]
 """
 
 import statistics
@@ -60,26 +61,43 @@ def jax_float64(rng: np.random.Generator) -> None:
           f"({r['bound-jit']:.1f} ms)", flush=True)  # fmt: skip
 
 
-def tie_heavy(rng: np.random.Generator) -> None:
-    n = 20000
-    distinct = rng.standard_normal((10, 64)).astype(np.float32)
-    data = {"random": rng.standard_normal((n, 64)).astype(np.float32),
-            "all equal": np.zeros((n, 64), dtype=np.float32),
-            "10 distinct": distinct[rng.integers(0, 10, n)]}  # fmt: skip
+def against_random(data: dict[str, np.ndarray]) -> None:
+    """Self kNN of each data set (the first: random rows) on NumPy and torch, times and x random."""
     fns = {}
     for name, X in data.items():
         tX = torch.from_numpy(X)
         fns[f"numpy {name}"] = lambda X=X: softdist.knn(X, k=10)
         fns[f"torch {name}"] = lambda tX=tX: softdist.knn(tX, k=10)
     r = medians(fns, 3)
+    n, d = next(iter(data.values())).shape
     for lib in ("numpy", "torch"):
-        print(f"knn {n} x 64 float32 self, {lib}: " + ", ".join(
-            f"{name} {r[f'{lib} {name}']:.0f} ms ({r[f'{lib} {name}'] / r[f'{lib} random']:.2f}x random)"
-            for name in data), flush=True)  # fmt: skip
+        base = r[f"{lib} random"]
+        print(f"knn {n} x {d} float32 self, {lib}: " + ", ".join(
+            f"{name} {r[f'{lib} {name}']:.0f} ms ({r[f'{lib} {name}'] / base:.2f}x random)" for name in data
+        ), flush=True)  # fmt: skip
+
+
+def tie_heavy(rng: np.random.Generator) -> None:
+    n = 20000
+    distinct = rng.standard_normal((10, 64)).astype(np.float32)
+    against_random({"random": rng.standard_normal((n, 64)).astype(np.float32),
+                    "all equal": np.zeros((n, 64), dtype=np.float32),
+                    "10 distinct": distinct[rng.integers(0, 10, n)]})  # fmt: skip
+
+
+def far_rows(rng: np.random.Generator) -> None:
+    n = 20000
+    X = rng.standard_normal((n, 64)).astype(np.float32)
+    outlier, cluster, two = X.copy(), X.copy(), X.copy()
+    outlier[n // 3] *= 1000.0
+    cluster[rng.permutation(n)[: n // 10]] = 500.0 + 0.01 * rng.standard_normal((n // 10, 64))
+    two[rng.permutation(n)[: n // 2]] += 1000.0
+    against_random({"random": X, "one row x1000": outlier, "a tenth at 500 +- 0.01": cluster,
+                    "two clusters 1000 apart": two})  # fmt: skip
 
 
 if __name__ == "__main__":
-    wanted = sys.argv[1:] or ["torch", "jax", "ties"]
+    wanted = sys.argv[1:] or ["torch", "jax", "ties", "far"]
     rng = np.random.default_rng(0)
     if "torch" in wanted:
         torch_against_numpy(rng)
@@ -87,3 +105,5 @@ if __name__ == "__main__":
         jax_float64(rng)
     if "ties" in wanted:
         tie_heavy(rng)
+    if "far" in wanted:
+        far_rows(rng)

@@ -295,22 +295,29 @@ def knn_pruned(
         q1 = min(q0 + tile_rows, nq)
         own = col_offset if exclude_self else None
 
-        def start(ex: _Expansion) -> tuple[Any, Any, int]:
-            """The tile's queries, their k-th upper value over the sample, and the rows crowded there."""
+        def start(ex: _Expansion) -> tuple[Any, Any, Any]:
+            """The tile's queries, their sample's values and each row's k-th upper value there."""
             Qa = ex.Q_aug[q0:q1, ...]
             F = Qa @ ex.sample_t
             kth = _sample_kth(F + ex.sample_upper, sample, k, q0 + row_offset, own, xp=xp,
                               kth_smallest=kth_of)  # fmt: skip
+            return Qa, F, kth
+
+        def crowded(ex: _Expansion, F: Any, kth: Any) -> int:
+            """How many rows have more than k + KNN_POOL_RESOLVE_EXTRA sample entries within the bound."""
             inside = xp.sum(xp.astype(F <= (kth + ex.window[q0:q1])[:, None], index_dtype), axis=1)
-            crowded = xp.sum(xp.astype(inside > k + _config.KNN_POOL_RESOLVE_EXTRA, index_dtype))
-            return Qa, kth, int(crowded)
+            return int(xp.sum(xp.astype(inside > k + _config.KNN_POOL_RESOLVE_EXTRA, index_dtype)))
 
         ex = main
-        Qa, kth, crowded = start(ex)
-        if crowded and can_widen:  # eager path: one host read per tile
-            wider = start(widened())
-            if wider[2] < crowded:  # rounding, not exact ties, crowded them
-                ex, (Qa, kth, crowded) = wide[0], wider
+        Qa, F, kth = start(ex)
+        # eager path: host reads; only where a window is not negligible next to the k-th value
+        if can_widen and bool(xp.any(ex.window[q0:q1] > _config.KNN_WIDEN_WINDOW * kth)):
+            crowded_here = crowded(ex, F, kth)
+            if crowded_here:
+                wide_ex = widened()
+                Qa_w, F_w, kth_w = start(wide_ex)
+                if crowded(wide_ex, F_w, kth_w) < crowded_here:  # rounding, not exact ties, crowded them
+                    ex, Qa, kth = wide_ex, Qa_w, kth_w
 
         def exact(r: Any, c: Any) -> Any:  # candidates are between finite rows (others: NaN expansion)
             return direct_sqdist_pairs(Q[q0:q1, ...], X, r, c, xp=xp, finite=True, in_range=in_range,
