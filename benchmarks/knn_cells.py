@@ -2,8 +2,8 @@
 `softdist bench --case knn` (33 minutes): torch CPU against NumPy at 20000² and 50000² (float32 and
 float64), JAX float64 at 5000² against the bench's blocked-product bound, eager and under jit, and
 exact-tie-heavy data (all rows equal; 10 distinct rows, each repeated) and data with rows far from the
-others (one outlier, a far tight cluster, two clusters far apart) against random data of the same shape
-on NumPy and torch. Candidates interleaved in one process, medians.
+others (one outlier, a far tight cluster, two clusters far apart) or near-duplicates against random
+data of the same shape on NumPy and torch. Candidates interleaved in one process, medians.
 
     python benchmarks/knn_cells.py [torch] [jax] [ties] [far]
 """
@@ -92,8 +92,9 @@ def far_rows(rng: np.random.Generator) -> None:
     outlier[n // 3] *= 1000.0
     cluster[rng.permutation(n)[: n // 10]] = 500.0 + 0.01 * rng.standard_normal((n // 10, 64))
     two[rng.permutation(n)[: n // 2]] += 1000.0
+    near = X[:10][rng.integers(0, 10, n)] + np.float32(1e-5) * rng.standard_normal((n, 64), dtype=np.float32)
     against_random({"random": X, "one row x1000": outlier, "a tenth at 500 +- 0.01": cluster,
-                    "two clusters 1000 apart": two})  # fmt: skip
+                    "two clusters 1000 apart": two, "10 rows + 1e-5 noise": near})  # fmt: skip
 
 
 if __name__ == "__main__":

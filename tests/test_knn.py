@@ -168,6 +168,9 @@ def test_crowded_ties_bounded_work(kind, rng, monkeypatch):
     assert 0 < sum(pairs) <= 40 * n
 
 
+FAR_KINDS = ["one_outlier", "outliers", "far_cluster", "two_clusters", "near_duplicates"]
+
+
 def _far_rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
     """Random rows with a few far from the rest: a reference's norm widens the expansion's error bound."""
     X = rng.standard_normal((n, 8))
@@ -177,12 +180,14 @@ def _far_rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
         X[rng.permutation(n)[:5]] *= np.array([-1e4, 1e3, 3e3, -300.0, 1e5])[:, None]
     elif kind == "far_cluster":  # a tenth of the rows in a tight cluster far away, among the others
         X[rng.permutation(n)[: n // 10]] = 500.0 + 0.01 * rng.standard_normal((n // 10, 8))
-    else:  # "two_clusters": half the rows 1000 away from the other half, shuffled
+    elif kind == "two_clusters":  # half the rows 1000 away from the other half, shuffled
         X[rng.permutation(n)[: n // 2]] += 1000.0
+    else:  # "near_duplicates": 10 points, each repeated with noise far below the rounding of the norms
+        X = X[:10][rng.integers(0, 10, n)] + 1e-5 * rng.standard_normal((n, 8))
     return X
 
 
-@pytest.mark.parametrize("kind", ["one_outlier", "outliers", "far_cluster", "two_clusters"])
+@pytest.mark.parametrize("kind", FAR_KINDS)
 def test_far_rows(backend: Backend, float_dtype, kind, rng):
     """Rows far from the others (outliers, a far cluster): every query's exact neighbours, ties by index.
     JAX and GPUs pick candidates by the expansion's float32 values (documented in docs/numerics.md):
@@ -206,7 +211,7 @@ def test_far_rows(backend: Backend, float_dtype, kind, rng):
         np.testing.assert_array_equal(got_i, want_i)
 
 
-@pytest.mark.parametrize("kind", ["one_outlier", "outliers", "far_cluster", "two_clusters"])
+@pytest.mark.parametrize("kind", FAR_KINDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_far_rows_bounded_work(kind, dtype, rng, monkeypatch):
     """A far reference widens only its own entries' bound, and float32 rows far from the mean compared

@@ -270,12 +270,13 @@ def knn_pruned(
 
     main = expansion(Q.dtype)
     # Float32 data whose rows sit far from the column mean compared with their neighbours' distances (a
-    # tight cluster far from the rest, two clusters far apart) has a bound wider than those distances:
-    # every entry among them passes, and each gets an exact distance. A query tile whose sample shows
-    # such rows runs on a float64 expansion of the same data instead (made once, when first needed),
-    # whose bound is 2^29 times tighter (exact ties stay crowded in both: those tiles stay). 20000 x 64
-    # float32 on 2 cores, NumPy / torch: a tenth of the rows at 500 +- 0.01 6.95 s -> 1.62 / 1.67 s; two
-    # clusters 1000 apart > 100 s -> 1.66 / 1.91 s; random data 0.95 / 1.19 s (unchanged).
+    # tight cluster far from the rest, two clusters far apart, near-duplicates) has a bound wider than
+    # those distances: every entry among them passes, and each gets an exact distance. A query tile
+    # whose sample shows such rows runs on a float64 expansion of the same data instead (made once, when
+    # first needed), whose bound is 2^29 times tighter (exact ties stay crowded in both: those tiles
+    # stay). 20000 x 64 float32 on 2 cores, NumPy / torch: a tenth of the rows at 500 +- 0.01 6.95 s ->
+    # 1.62 / 1.67 s; two clusters 1000 apart > 100 s -> 1.66 / 1.91 s; 10 rows repeated with 1e-5
+    # noise > 90 s -> 2.4 s (NumPy); random data 0.95 / 1.19 s (unchanged).
     wide: list[_Expansion] = []
     wide_lock = threading.Lock()
     can_widen = Q.dtype != xp.float64 and hasattr(xp, "float64")
