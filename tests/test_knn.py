@@ -168,7 +168,7 @@ def test_crowded_ties_bounded_work(kind, rng, monkeypatch):
     assert 0 < sum(pairs) <= 40 * n
 
 
-FAR_KINDS = ["one_outlier", "outliers", "far_cluster", "two_clusters", "near_duplicates"]
+FAR_KINDS = ["one_outlier", "huge_outlier", "outliers", "far_cluster", "two_clusters", "near_duplicates"]
 
 
 def _far_rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -176,6 +176,8 @@ def _far_rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
     X = rng.standard_normal((n, 8))
     if kind == "one_outlier":
         X[n // 3] *= 1000.0
+    elif kind == "huge_outlier":  # moves the column mean far from every other row
+        X[n // 5] *= 1e10
     elif kind == "outliers":  # several, far and farther, on both sides of the data
         X[rng.permutation(n)[:5]] *= np.array([-1e4, 1e3, 3e3, -300.0, 1e5])[:, None]
     elif kind == "far_cluster":  # a tenth of the rows in a tight cluster far away, among the others
@@ -190,9 +192,10 @@ def _far_rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
 @pytest.mark.parametrize("kind", FAR_KINDS)
 def test_far_rows(backend: Backend, float_dtype, kind, rng):
     """Rows far from the others (outliers, a far cluster): every query's exact neighbours, ties by index.
-    JAX and GPUs pick candidates by the expansion's float32 values (documented in docs/numerics.md):
-    where its error exceeds the gaps between a query's neighbours they may return other references,
-    each at its exact distance."""
+    JAX and GPUs pick candidates by the expansion's values centred at the column mean (documented in
+    docs/numerics.md): where its error exceeds the gaps between a query's neighbours (float32; float64
+    with an outlier 1e10 times the others) they may return other references, each at its exact
+    distance."""
     X = _far_rows(kind, rng, 300).astype(float_dtype)
     Q = np.concatenate([X[:40], 50.0 * rng.standard_normal((5, 8)).astype(float_dtype)])
     for queries in (None, Q):
@@ -202,7 +205,9 @@ def test_far_rows(backend: Backend, float_dtype, kind, rng):
         dist, index = backend.call(softdist.knn, *args, k=5, working_memory=20000)
         got_d, got_i = backend.to_numpy(dist), backend.to_numpy(index)
         rtol = {"float32": 1e-5, "float64": 1e-12}[float_dtype]
-        if (backend.library == "jax" or backend.device_kind == "gpu") and float_dtype == "float32":
+        if (backend.library == "jax" or backend.device_kind == "gpu") and (
+            float_dtype == "float32" or kind == "huge_outlier"
+        ):
             at = reference_sqdist(X if queries is None else queries, X)
             at = at[np.arange(at.shape[0])[:, None], got_i]
             np.testing.assert_allclose(got_d, at, rtol=rtol, atol=0)

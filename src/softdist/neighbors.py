@@ -120,22 +120,25 @@ def knn(
     The exact lists are merged by (distance, index), so ties fall by index everywhere and a duplicate of
     a query comes back at exactly 0.0.
 
-    *Pruning on eager CPU backends* (NumPy, PyTorch on the CPU, array-api-strict): the centred expansion's
-    error is bounded by ``b_q = 8 eps sqrt(d + 2) (|q - c|^2 + max_x |x - c|^2)`` for every pair of query q
-    and reference x (c the column mean of X; the expansion runs on data scaled by a power of two that cannot
-    overflow). A sample of max(2k, min(1024, m / 16)) references spread over X (a golden-ratio sequence, so
-    sorted or clustered input gives no worse a start) gives each query a first k-th smallest expansion value
-    ``E_q``; every tile then keeps only the entries whose expansion value is at most ``E_q + 2 b_q``, and
-    ``E_q`` tightens from the kept entries (after each tile, and inside one once 4k entries a query wait).
-    Only the entries left within ``2 b_q`` of the final ``E_q`` are recomputed exactly. An entry whose exact
-    distance could be among the k smallest (or tie with the k-th) has an expansion value at most ``E_q + 2
-    b_q``, whichever references ``E_q`` came from, so it always passes: no neighbour and no tie is lost, and
-    one comparison pass per tile replaces a top-k selection. Exact ties (duplicate or all-equal rows) all
-    pass that test, so a query left with more than k + 8 entries within it is resolved at once: those
-    entries get exact distances, their k best by (distance, index) are kept, and the k-th exact distance
-    ``d_q`` then bounds the later (higher-index) references, which only count below it: expansion value under
-    ``d_q + b_q``, none when ``d_q`` is 0. All-equal or few-distinct data thus costs about what random data
-    does, not one exact distance per pair. On GPUs each tile instead selects its best 2k
+    *Pruning on eager CPU backends* (NumPy, PyTorch on the CPU, array-api-strict): the expansion, centred
+    at c (each column's median over a sample of the references, so one far row does not move it) and run
+    on data scaled by a power of two that cannot overflow, has an error of at most ``b = 8 eps sqrt(d + 2)
+    (|q - c|^2 + |x - c|^2)`` for the pair of query q and reference x, so ``L = E - b`` and ``U = E + b``
+    bound the exact distance. A sample of max(2k, min(1024, m / 16)) references spread over X (a
+    golden-ratio sequence, so sorted or clustered input gives no worse a start) gives each query a first
+    k-th smallest upper value ``U_q``; every tile then keeps only the entries with ``L <= U_q`` (one
+    comparison per entry: x's share of b is folded into the product), and ``U_q`` tightens from the kept
+    entries (after each tile, and inside one once 4k entries a query wait). An entry whose exact distance
+    could be among the k smallest, tie with the k-th, or round to it always passes: no neighbour and no
+    tie is lost, and one comparison pass per tile replaces a top-k selection. Only the entries left
+    under the final ``U_q`` are recomputed exactly. A float32 query tile whose sample shows rows crowded
+    by b (rows far from c next to their neighbours' distances: far clusters, near-duplicates) and less
+    so in float64 is screened on a float64 expansion. Exact ties (duplicate or all-equal rows) all pass,
+    so a query left with more than k + 8 entries within its bound is resolved at once: those entries get
+    exact distances, their k best by (distance, index) are kept, and the k-th exact distance ``d_q``
+    then bounds the later (higher-index) references, which only count below it: ``L`` under ``d_q``,
+    none when ``d_q`` is 0. All-equal or few-distinct data thus costs about what random data
+does, not one exact distance per pair. On GPUs each tile instead selects its best 2k
     by the library's top-k, and the exact lists are merged; on JAX (static shapes, also under ``jax.jit``)
     each query keeps its best 2k distance values over all of X and only those are recomputed exactly
     (float64 candidates come from a float32 top-k, checked against the float64 values, with the float64

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import _config
 from .._lib._compat import argpartition, default_dtype, device
-from .distances import column_mean, direct_sqdist_pairs, overflow_scale
+from .distances import direct_sqdist_pairs, overflow_scale
 from .distances import finite_rows as _finite_rows
 
 Select = Callable[[Any, int], Any]
@@ -248,7 +248,7 @@ def knn_pruned(
 
     def expansion(dtype: Any) -> _Expansion:
         Qs, Xs = xp.astype(Q, dtype, copy=False) * scale, xp.astype(X, dtype, copy=False) * scale
-        mean = column_mean(Xs, None, xp=xp, finite=finite)
+        mean = _sample_centre(Xs, sample, xp=xp)
         Q_aug, X_aug, rq, rx = operands(
             xp.where(good_q[:, None], Qs, mean), xp.where(good_x[:, None], Xs, mean), mean, xp=xp
         )
@@ -376,6 +376,20 @@ class _Expansion:
     window: Any  # (nq,) F - window / 2 bounds it from below; NaN for a bad query
     sample_t: Any  # (d + 2, sample): X_t's sample columns
     sample_upper: Any  # (1, sample)
+
+
+def _sample_centre(X: Any, sample: Any, *, xp: Any) -> Any:
+    """The expansion's centre: each column's median over the sample rows' finite entries (0 where none).
+
+    Any centre gives the bound its form; the distances from the centre set its width. The column mean
+    moves with one far row (one row 1e10 times the others put every row ~2e6 from a mean of 5000 rows,
+    and the pruned search took 22 s against 0.16 s): the median does not."""
+    rows = xp.take(X, sample, axis=0)
+    ok = xp.isfinite(rows)
+    ordered = xp.sort(xp.where(ok, rows, xp.inf), axis=0)
+    count = xp.sum(xp.astype(ok, sample.dtype), axis=0)
+    middle = xp.take_along_axis(ordered, (xp.maximum(count - 1, 0) // 2)[None, :], axis=0)[0, ...]
+    return xp.where(count > 0, middle, 0.0)
 
 
 def _crosses(q0: int, tq: int, j0: int, tm: int) -> bool:
