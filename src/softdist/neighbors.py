@@ -138,7 +138,7 @@ def knn(
     exact distances, their k best by (distance, index) are kept, and the k-th exact distance ``d_q``
     then bounds the later (higher-index) references, which only count below it: ``L`` under ``d_q``,
     none when ``d_q`` is 0. All-equal or few-distinct data thus costs about what random data
-does, not one exact distance per pair. On GPUs each tile instead selects its best 2k
+    does, not one exact distance per pair. On GPUs each tile instead selects its best 2k
     by the library's top-k, and the exact lists are merged; on JAX (static shapes, also under ``jax.jit``)
     each query keeps its best 2k distance values over all of X and only those are recomputed exactly
     (float64 candidates come from a float32 top-k, checked against the float64 values, with the float64
