@@ -168,7 +168,8 @@ def test_crowded_ties_bounded_work(kind, rng, monkeypatch):
     assert 0 < sum(pairs) <= 40 * n
 
 
-FAR_KINDS = ["one_outlier", "huge_outlier", "outliers", "far_cluster", "two_clusters", "near_duplicates"]
+FAR_KINDS = ["one_outlier", "huge_outlier", "huge_row", "outliers", "far_cluster", "two_clusters",
+             "near_duplicates"]  # fmt: skip
 
 
 def _far_rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -178,6 +179,8 @@ def _far_rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
         X[n // 3] *= 1000.0
     elif kind == "huge_outlier":  # moves the column mean far from every other row
         X[n // 5] *= 1e10
+    elif kind == "huge_row":  # float32: the expansion runs scaled down, the other rows near underflow
+        X[n // 4] = 1e18
     elif kind == "outliers":  # several, far and farther, on both sides of the data
         X[rng.permutation(n)[:5]] *= np.array([-1e4, 1e3, 3e3, -300.0, 1e5])[:, None]
     elif kind == "far_cluster":  # a tenth of the rows in a tight cluster far away, among the others
@@ -206,7 +209,7 @@ def test_far_rows(backend: Backend, float_dtype, kind, rng):
         got_d, got_i = backend.to_numpy(dist), backend.to_numpy(index)
         rtol = {"float32": 1e-5, "float64": 1e-12}[float_dtype]
         if (backend.library == "jax" or backend.device_kind == "gpu") and (
-            float_dtype == "float32" or kind == "huge_outlier"
+            float_dtype == "float32" or kind in ("huge_outlier", "huge_row")
         ):
             at = reference_sqdist(X if queries is None else queries, X)
             at = at[np.arange(at.shape[0])[:, None], got_i]

@@ -261,9 +261,16 @@ def knn_pruned(
         beta = _config.EXPANSION_BOUND * xp.finfo(dtype).eps * (d + 2) ** 0.5
         Q_aug = xp.concat([Q_aug[:, :d], rq[:, None], Q_aug[:, d + 1 :]], axis=1)
         X_aug = xp.concat([X_aug[:, : d + 1], (rx * (1.0 - beta))[:, None]], axis=1)
-        upper = 2.0 * beta * rx  # F + upper[x] + beta * rq bounds D(q, x) from above
+        upper = 2.0 * beta * rx  # F + upper[x] + window / 2 bounds D(q, x) from above
+        # ... plus an absolute term for underflow: data scaled down for a huge row (or tiny data) has
+        # entries in the subnormal range, where each rounding errs by up to half eps * smallest_normal
+        # whatever the value (one row 1e18 in float32 put the others' scaled distances there: wrong
+        # neighbours, found by the break test).
+        finfo = xp.finfo(dtype)
+        underflow = 8.0 * (d + 2) * finfo.eps * finfo.smallest_normal
+        window = 2.0 * beta * rq + 2.0 * underflow
         return _Expansion(
-            Q_aug=Q_aug, X_t=xp.matrix_transpose(X_aug), upper=upper, window=2.0 * beta * rq,
+            Q_aug=Q_aug, X_t=xp.matrix_transpose(X_aug), upper=upper, window=window,
             sample_t=xp.matrix_transpose(xp.take(X_aug, sample, axis=0)),
             sample_upper=xp.take(upper, sample)[None, :],
         )  # fmt: skip
