@@ -123,7 +123,8 @@ def knn(
     *Pruning on eager CPU backends* (NumPy, PyTorch on the CPU, array-api-strict): the expansion, centred
     at c (each column's median over a sample of the references, so one far row does not move it) and run
     on data scaled by a power of two that cannot overflow, has an error of at most ``b = 8 eps sqrt(d + 2)
-    (|q - c|^2 + |x - c|^2)`` for the pair of query q and reference x, so ``L = E - b`` and ``U = E + b``
+    (|q - c|^2 + |x - c|^2) + u`` (u: an absolute term for underflow) for the pair of query q and
+    reference x, so ``L = E - b`` and ``U = E + b``
     bound the exact distance. A sample of max(2k, min(1024, m / 16)) references spread over X (a
     golden-ratio sequence, so sorted or clustered input gives no worse a start) gives each query a first
     k-th smallest upper value ``U_q``; every tile then keeps only the entries with ``L <= U_q`` (one
