@@ -104,7 +104,3 @@ TAU_SAFETY = 4.0
 # by the knn pruning: |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 +
 # |x - mean|^2).
 EXPANSION_BOUND = 8.0
-# knn's pruned search counts a query tile's rows crowded by the float32 bound (to screen the tile in
-# float64, see knn_pruned) only where some row's bound exceeds this fraction of its k-th value: on
-# random data it is ~1e-5 of it, and the count is a pass over the sample's product.
-KNN_WIDEN_WINDOW = 1e-3
