@@ -152,8 +152,8 @@ def _stack_rows(parts: list[Any], *, xp: Any) -> Any:
 
 
 # -- eager backends: prune each tile against the current k-th best ---------------------------------------
-# Bound of the centred expansion against the exact distance (docs/numerics.md), per pair:
-# |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - mean|^2 + |x - mean|^2), with
+# Bound of the centred expansion against the exact distance (docs/numerics.md), per pair, c the centre:
+# |D_expansion - D_exact| <= EXPANSION_BOUND * eps * sqrt(d + 2) * (|q - c|^2 + |x - c|^2) + u, with
 # EXPANSION_BOUND, the spread sample's size, the sub-tile size, when the bound tightens inside a tile and
 # the exact distances' chunk size in softdist._config (KNN_*).
 TileMap = Callable[[Callable[[int], Any], list[int]], list[Any]]
@@ -248,9 +248,9 @@ def knn_pruned(
 
     def expansion(dtype: Any) -> _Expansion:
         Qs, Xs = xp.astype(Q, dtype, copy=False) * scale, xp.astype(X, dtype, copy=False) * scale
-        mean = _sample_centre(Xs, sample, xp=xp)
+        centre = _sample_centre(Xs, sample, xp=xp)
         Q_aug, X_aug, rq, rx = operands(
-            xp.where(good_q[:, None], Qs, mean), xp.where(good_x[:, None], Xs, mean), mean, xp=xp
+            xp.where(good_q[:, None], Qs, centre), xp.where(good_x[:, None], Xs, centre), centre, xp=xp
         )
         rq, rx = xp.where(good_q, rq, xp.nan), xp.where(good_x, rx, xp.nan)
         # The bound is per pair, b(q, x) = beta * (rq + rx) (rq, rx: the centred squared norms). The
@@ -276,7 +276,7 @@ def knn_pruned(
         )  # fmt: skip
 
     main = expansion(Q.dtype)
-    # Float32 data whose rows sit far from the column mean compared with their neighbours' distances (a
+    # Float32 data whose rows sit far from the centre compared with their neighbours' distances (a
     # tight cluster far from the rest, two clusters far apart, near-duplicates) has a bound wider than
     # those distances: every entry among them passes, and each gets an exact distance. A query tile
     # whose sample shows such rows runs on a float64 expansion of the same data instead (made once, when
