@@ -313,8 +313,8 @@ def knn_pruned(
 
         def crowded(ex: _Expansion, F: Any, kth: Any) -> int:
             """How many rows have more than k + KNN_POOL_RESOLVE_EXTRA sample entries within the bound."""
-            inside = xp.sum(xp.astype(F <= (kth + ex.window[q0:q1])[:, None], index_dtype), axis=1)
-            return int(xp.sum(xp.astype(inside > k + _config.KNN_POOL_RESOLVE_EXTRA, index_dtype)))
+            inside = xp.count_nonzero(F <= (kth + ex.window[q0:q1])[:, None], axis=1)
+            return int(xp.count_nonzero(inside > k + _config.KNN_POOL_RESOLVE_EXTRA))
 
         ex = main
         Qa, F, kth = start(ex)
