@@ -145,13 +145,12 @@ def test_crowded_exact_ties(backend: Backend, float_dtype, kind, exclude_self, r
         np.testing.assert_array_equal(got_i, want_i)
 
 
-@pytest.mark.parametrize("kind", ["all_equal", "few_distinct"])
-def test_crowded_ties_bounded_work(kind, rng, monkeypatch):
-    """Exact ties are resolved as they crowd in: all-equal rows cost a few exact distances per query,
-    not one per reference (2000 rows: ~4 million before)."""
+@pytest.fixture
+def exact_pairs(monkeypatch) -> list[int]:
+    """The number of pairs of each exact-distance call the pruned kNN search makes (NumPy, eager)."""
     from softdist._agnostic import neighbors
 
-    pairs = []
+    pairs: list[int] = []
     exact = neighbors.direct_sqdist_pairs
 
     def counted(A, B, rows, cols, **kwargs):
@@ -159,13 +158,20 @@ def test_crowded_ties_bounded_work(kind, rng, monkeypatch):
         return exact(A, B, rows, cols, **kwargs)
 
     monkeypatch.setattr(neighbors, "direct_sqdist_pairs", counted)
+    return pairs
+
+
+@pytest.mark.parametrize("kind", ["all_equal", "few_distinct"])
+def test_crowded_ties_bounded_work(kind, rng, exact_pairs):
+    """Exact ties are resolved as they crowd in: all-equal rows cost a few exact distances per query,
+    not one per reference (2000 rows: ~4 million before)."""
     n = 2000
     X = np.zeros((n, 5)) if kind == "all_equal" else rng.standard_normal((10, 16))[rng.integers(0, 10, n)]
     dist, index = softdist.knn(X, k=5)
     want_d, want_i = reference_knn(X, None, 5, True)
     np.testing.assert_array_equal(index, want_i)
     np.testing.assert_array_equal(dist, want_d)
-    assert 0 < sum(pairs) <= 40 * n
+    assert 0 < sum(exact_pairs) <= 40 * n
 
 
 FAR_KINDS = ["one_outlier", "huge_outlier", "huge_row", "outliers", "far_cluster", "two_clusters",
@@ -221,27 +227,17 @@ def test_far_rows(backend: Backend, float_dtype, kind, rng):
 
 @pytest.mark.parametrize("kind", FAR_KINDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_far_rows_bounded_work(kind, dtype, rng, monkeypatch):
+def test_far_rows_bounded_work(kind, dtype, rng, exact_pairs):
     """A far reference widens only its own entries' bound, and float32 rows far from the mean compared
     with their neighbours' distances are screened in float64: a few exact distances per query, not one
     per reference (2000 rows with one outlier: ~4 million before; two clusters: ~2 million)."""
-    from softdist._agnostic import neighbors
-
-    pairs = []
-    exact = neighbors.direct_sqdist_pairs
-
-    def counted(A, B, rows, cols, **kwargs):
-        pairs.append(rows.shape[0])
-        return exact(A, B, rows, cols, **kwargs)
-
-    monkeypatch.setattr(neighbors, "direct_sqdist_pairs", counted)
     n = 2000
     X = _far_rows(kind, rng, n).astype(dtype)
     dist, index = softdist.knn(X, k=5)
     want_d, want_i = reference_knn(X, None, 5, True)
     np.testing.assert_array_equal(index, want_i)
     np.testing.assert_allclose(dist, want_d, rtol={"float32": 1e-5, "float64": 1e-12}[dtype], atol=0)
-    assert 0 < sum(pairs) <= 40 * n
+    assert 0 < sum(exact_pairs) <= 40 * n
 
 
 def test_nan_rows_sort_last(backend: Backend, rng):
