@@ -240,6 +240,60 @@ def test_far_rows_bounded_work(kind, dtype, rng, exact_pairs):
     assert 0 < sum(exact_pairs) <= 40 * n
 
 
+def _non_finite_rows(kind: str, rng: np.random.Generator, n: int, dtype: str) -> np.ndarray:
+    """Rows whose k-th distance is NaN or inf, so that knn finishes them against every reference."""
+    X = rng.standard_normal((n, 8)).astype(dtype)
+    big = np.sqrt(np.finfo(dtype).max / 8)  # distances between rows of this size are near overflow
+    if kind == "nan_column":  # every row but 5 has a NaN: NaN distances except among those 5
+        X[5:, 3] = np.nan
+    elif kind == "inf_signs":  # +inf and -inf in one column: inf - inf of one sign is NaN, else inf
+        X[: n // 2, 0] = np.inf
+        X[n // 4 : n // 2 + 10, 0] = -np.inf
+        X[n - 3, 5] = np.nan
+    elif kind == "all_overflow":  # every distance overflows to inf: ties at inf, by index
+        X = X * (4 * big)
+    else:  # "some_overflow": distances on both sides of the overflow threshold
+        X = X * (0.3 * big)
+        X[: n // 10] *= 3.0
+    return X
+
+
+@pytest.mark.parametrize("kind", ["nan_column", "inf_signs", "all_overflow", "some_overflow"])
+def test_non_finite_kth_distance(backend: Backend, float_dtype, kind, rng):
+    """Queries whose k-th distance is NaN or inf get every reference's exact distance: NaN where a
+    difference is NaN (a NaN, inf - inf), inf where one is infinite or the sum overflows, by index."""
+    X = _non_finite_rows(kind, rng, 200, float_dtype)
+    Q = np.concatenate([X[:30], X[-30:]])
+    rtol = {"float32": 1e-5, "float64": 1e-12}[float_dtype]
+    for queries in (None, Q):
+        with np.errstate(invalid="ignore", over="ignore"):  # the reference's inf - inf, its cast to inf
+            if queries is None:
+                want_d, want_i = reference_knn(X, None, 6, True)
+            else:
+                want_d, want_i = reference_knn(queries, X, 6, False)
+            want_d = want_d.astype(float_dtype)  # distances past float32's range are inf
+        args = (backend.asarray(X),) if queries is None else (backend.asarray(queries), backend.asarray(X))
+        dist, index = backend.call(softdist.knn, *args, k=6, working_memory=20000)
+        got_d, got_i = backend.to_numpy(dist), backend.to_numpy(index)
+        np.testing.assert_allclose(got_d, want_d, rtol=rtol, atol=0)
+        np.testing.assert_array_equal(got_i, want_i)
+
+
+@pytest.mark.parametrize("kind", ["nan_column", "inf_signs", "all_overflow"])
+def test_non_finite_kth_distance_bounded_work(kind, rng, exact_pairs):
+    """Pairs with a non-finite row, and finite pairs whose distance certainly overflows, need no exact
+    distance (each took one before: 5000 rows with a NaN each, 29 s)."""
+    n = 2000
+    X = _non_finite_rows(kind, rng, n, "float32")
+    dist, index = softdist.knn(X, k=5)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want_d, want_i = reference_knn(X, None, 5, True)
+        want_d = want_d.astype(np.float32)
+    np.testing.assert_array_equal(index, want_i)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-5, atol=0)
+    assert sum(exact_pairs) <= 40 * n
+
+
 def test_nan_rows_sort_last(backend: Backend, rng):
     Q, X = _data(rng, n=6, m=12)
     X[2, 1] = np.nan

@@ -67,6 +67,10 @@ KNN_POOL_UPDATE_PER_ROW = 4
 # rows (20000 x 5 zeros) 1.21 s, where keeping every tie took 6.3 s and 616 MB at 5000 rows.
 KNN_POOL_RESOLVE_EXTRA = 8
 KNN_EXACT_CHUNK_ELEMENTS = 1 << 16
+# knn (eager CPU): query rows whose k-th distance is not finite (a NaN or inf in the query, distances that
+# overflow) are finished by distances to every reference, in batches of this many (row, reference, column)
+# entries.
+KNN_SHORT_ROWS_ENTRIES = 1 << 20
 # knn on JAX at float64: candidates per query and reference tile beyond the 2k kept, taken by a float32
 # top_k and checked against the float64 values (XLA's CPU top_k is fast only for float32); a row whose
 # 2k-th best is within a float32 rounding of the last candidate sends its tile to the float64 top_k.

@@ -249,6 +249,8 @@ def jax_query_tile_neighbours(
         Xt = X[j0 : min(j0 + tile_cols, m), ...]
         D = sqdist(Qt, Xt)
         own = _neighbors.own_entries(tq, Xt.shape[0], q0, j0, xp=xp, dev=device(D)) if exclude_self else None
+        # inf ranks as the largest finite value and NaN as inf: an inf distance before a NaN one
+        D = jnp.where(D == jnp.inf, jnp.finfo(D.dtype).max, D)
         D = jnp.where(jnp.isnan(D) if own is None else own | jnp.isnan(D), jnp.inf, D)  # NaN ranks last
         columns = _smallest_columns(D, min(keep, Xt.shape[0]))
         dist = jnp.take_along_axis(D, columns, axis=1)
