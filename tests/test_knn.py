@@ -201,10 +201,10 @@ def _far_rows(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
 @pytest.mark.parametrize("kind", FAR_KINDS)
 def test_far_rows(backend: Backend, float_dtype, kind, rng):
     """Rows far from the others (outliers, a far cluster): every query's exact neighbours, ties by index.
-    JAX and GPUs pick candidates by the expansion's values centred at the column mean (documented in
-    docs/numerics.md): where its error exceeds the gaps between a query's neighbours (float32; float64
-    with an outlier 1e10 times the others) they may return other references, each at its exact
-    distance."""
+    The GPU libraries' tile search (torch, CuPy) picks candidates by the expansion's values centred at
+    the column mean (documented in docs/numerics.md): where its error exceeds the gaps between a query's
+    neighbours (float32; float64 with an outlier 1e10 times the others) it may return other references,
+    each at its exact distance."""
     X = _far_rows(kind, rng, 300).astype(float_dtype)
     Q = np.concatenate([X[:40], 50.0 * rng.standard_normal((5, 8)).astype(float_dtype)])
     for queries in (None, Q):
@@ -214,7 +214,7 @@ def test_far_rows(backend: Backend, float_dtype, kind, rng):
         dist, index = backend.call(softdist.knn, *args, k=5, working_memory=20000)
         got_d, got_i = backend.to_numpy(dist), backend.to_numpy(index)
         rtol = {"float32": 1e-5, "float64": 1e-12}[float_dtype]
-        if (backend.library == "jax" or backend.device_kind == "gpu") and (
+        if (backend.library != "jax" and backend.device_kind == "gpu") and (
             float_dtype == "float32" or kind in ("huge_outlier", "huge_row")
         ):
             at = reference_sqdist(X if queries is None else queries, X)
@@ -569,14 +569,13 @@ def test_jax_float32_screen_equals_generic(case, exclude_self, rng):
     np.testing.assert_array_equal(np.asarray(got[1]), want_i)
     assert np.asarray(got[0]).tobytes() == np.asarray(want[0]).tobytes()
     # The certificate itself, on the first query tile: the screen's answer is taken only when it holds.
-    finite = jnp.all(jnp.isfinite(Qj)) & jnp.all(jnp.isfinite(Xj))
-    screen = _jax._float32_screen_operands(Qj, Xj, finite)
+    screen = _jax._float32_screen_operands(Qj, Xj, xp=array_namespace(Qj))
     options = {"nq": Q.shape[0], "k": k, "exclude_self": exclude_self, "tile_cols": 100}
     tile = jax.jit(lambda Qt: _jax._screened_query_tile(Qt, 0, Xj, screen, xp=array_namespace(Qj), **options))
     (dist, index), certified = tile(Qj[:16])
     expect = {"random": True, "offset": True, "narrow": True, "near_ties": False, "clusters": False,
               "duplicates": False}  # fmt: skip
-    assert bool(screen.usable) == (case not in ("nan_inf", "tiny"))
+    assert bool(screen.usable) == (case != "tiny")
     if case in expect:
         assert bool(certified) == expect[case]
     if bool(certified):
@@ -584,15 +583,17 @@ def test_jax_float32_screen_equals_generic(case, exclude_self, rng):
         assert np.asarray(dist).tobytes() == np.asarray(want[0][:16]).tobytes()
 
 
-def test_jax_float32_screen_fallback(rng, monkeypatch):
-    """Query tiles whose certificate fails take the float64 path: forced here, the answer is the same."""
+@pytest.mark.parametrize("stage", ["direct", "exact"])
+@pytest.mark.parametrize("case", ["random", "duplicates", "nan_inf", "clusters"])
+def test_jax_float32_screen_fallback(case, stage, rng, monkeypatch):
+    """Query tiles whose certificate fails are ranked by direct differences, and where those cannot be
+    certified, by exact distances to every reference: each forced here, the answer is the same (self
+    mode and cross mode)."""
     _jax_or_skip()
     import jax.numpy as jnp
 
     from softdist._backends import _jax
 
-    Q, X = _screen_data("random", rng)
-    want = reference_knn(Q, X, 6, False)
     calls = []
 
     def refused(Qt, *args, **kwargs):
@@ -600,10 +601,22 @@ def test_jax_float32_screen_fallback(rng, monkeypatch):
         calls.append(1)
         return (dist * 0.0 - 1.0, index * 0), jnp.asarray(False)  # a wrong answer, not certified
 
+    def exact_only(Qt, q0, X, screen, *, nq, k, exclude_self, xp):
+        calls.append(2)
+        return _jax._exact_query_tile(Qt, q0, X, k=k, exclude_self=exclude_self, xp=xp)
+
     screened = _jax._screened_query_tile
     monkeypatch.setattr(_jax, "_screened_query_tile", refused)
-    monkeypatch.setattr(_jax, "_JAX_COMPILED", type(_jax._JAX_COMPILED)())
-    dist, index = softdist.knn(jnp.asarray(Q), jnp.asarray(X), k=6, working_memory=20000)
-    assert calls  # traced once: the screen was on the path
-    np.testing.assert_array_equal(np.asarray(index), want[1])
-    np.testing.assert_allclose(np.asarray(dist), want[0], rtol=1e-12)
+    if stage == "exact":
+        monkeypatch.setattr(_jax, "_direct_query_tile", exact_only)
+    Q, X = _screen_data(case, rng)
+    for queries, refs in ((Q, X), (X, None)):
+        monkeypatch.setattr(_jax, "_JAX_COMPILED", type(_jax._JAX_COMPILED)())
+        calls.clear()
+        with np.errstate(invalid="ignore"):  # the reference's inf - inf
+            want = reference_knn(queries, refs, 6, refs is None)
+        args = (jnp.asarray(queries),) if refs is None else (jnp.asarray(queries), jnp.asarray(refs))
+        dist, index = softdist.knn(*args, k=6, working_memory=20000)
+        assert 1 in calls and (stage == "direct" or 2 in calls)  # traced once: each stage on the path
+        np.testing.assert_array_equal(np.asarray(index), want[1])
+        np.testing.assert_allclose(np.asarray(dist), want[0], rtol=1e-12)

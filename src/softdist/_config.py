@@ -75,11 +75,18 @@ KNN_SHORT_ROWS_ENTRIES = 1 << 20
 # top_k and checked against the float64 values (XLA's CPU top_k is fast only for float32); a row whose
 # 2k-th best is within a float32 rounding of the last candidate sends its tile to the float64 top_k.
 KNN_JAX_EXTRA_CANDIDATES = 12
-# knn on JAX at float64: rank by a float32 product of the centred data (half the float64 one's time) and
-# certify the k found against the float32 rounding bound (a query tile that fails takes the float64
-# path); the best k + KNN_JAX_SCREEN_EXTRA per query get exact distances.
+# knn on JAX: rank by a float32 product of the centred data (at float64 half the float64 one's time) and
+# certify the k found against the float32 rounding bound (a query tile that fails is ranked by direct
+# differences);
+# the best k + KNN_JAX_SCREEN_EXTRA per query get exact distances. False: the static path (each tile's
+# best 2k by the accurate expansion; exact ties beyond them, or a far tight cluster, may come back with
+# other references).
 KNN_JAX_FLOAT32_SCREEN = True
 KNN_JAX_SCREEN_EXTRA = 8
+# ... the direct differences' chunks: this many (query, reference, column) entries at a time.
+KNN_JAX_DIRECT_ELEMENTS = 1 << 22
+# ... and where those cannot resolve a query's neighbours, the exact kernel's chunks.
+KNN_JAX_EXACT_ELEMENTS = 1 << 20
 # ... and that float32 top_k first picks blocks of this many columns by their minimum (1: off).
 KNN_JAX_SELECT_BLOCK = 16
 # Largest number of elements a direct-difference chunk materialises (2 MiB in float32; the exact sum

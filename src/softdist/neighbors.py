@@ -86,9 +86,9 @@ def knn(
         takes the tiled search.
     indices : array, shape (nq, k)
         Row indices into X, in the namespace's default index dtype. Both sorted by (distance, index):
-        ties go to the lower index, identically on the eager CPU backends and Dask; inf distances come
-        after the finite ones and NaN distances last. On JAX and GPUs, exact ties among more than the
-        2k best candidates may come back with other indices at the same distance (Notes). Dask input
+        ties go to the lower index, identically on the eager CPU backends, JAX and Dask; inf distances come
+        after the finite ones and NaN distances last. On GPUs, exact ties among more than the 2k best
+        candidates may come back with other indices at the same distance (Notes). Dask input
         gives lazy Dask arrays.
 
     Raises
@@ -140,15 +140,17 @@ def knn(
     then bounds the later (higher-index) references, which only count below it: ``L`` under ``d_q``,
     none when ``d_q`` is 0. All-equal or few-distinct data thus costs about what random data
     does, not one exact distance per pair. On GPUs each tile instead selects its best 2k
-    by the library's top-k, and the exact lists are merged; on JAX (static shapes, also under ``jax.jit``)
-    each query keeps its best 2k distance values over all of X and only those are recomputed exactly
-    (float64 candidates come from a float32 top-k, checked against the float64 values, with the float64
-    top-k as the fallback). There, when more than 2k references lie at or within rounding of a query's k-th
-    distance, exact ties may come back with other indices than the lowest (the distances are the same). At
-    float64 on JAX, finite data are first ranked by a float32 product of the centred data: each query keeps
-    its best k + 8 (``_config.KNN_JAX_SCREEN_EXTRA``), gets their exact distances, and the answer stands
-    only if its k-th distance lies strictly under a bound, from the float32 rounding error, of every
-    reference left out; otherwise its query tile takes the float64 path above. Dask runs each (query block,
+    by the library's top-k, and the exact lists are merged; there, when more than 2k references lie at or
+    within rounding of a query's k-th distance, exact ties may come back with other indices than the
+    lowest (the distances are the same), and where the expansion cannot resolve a query's neighbours (a
+    tight cluster far from the others in float32) near rather than nearest ones. On JAX (static shapes,
+    also under ``jax.jit``) each query keeps its best k + 8 (``_config.KNN_JAX_SCREEN_EXTRA``) by a
+    float32 product of the data centred at the sample's column medians, gets their exact distances, and
+    the answer stands only if its k-th distance lies strictly under a lower bound, from the float32
+    rounding error (per pair), of every reference left out; otherwise its query tile is ranked by direct
+    differences (error relative to the distance), certified the same way, and failing that by exact
+    distances to every reference (slow), so the result is the eager backends' one. Dask runs each (query
+    block,
     reference block) pair as one task (the pruned search on the chunks; adjacent reference chunks grouped up
     to 64 MiB) and merges the lists in a tree, so it runs on a ``distributed`` cluster.
 

@@ -250,7 +250,7 @@ def knn_pruned(
 
     def expansion(dtype: Any) -> _Expansion:
         Qs, Xs = xp.astype(Q, dtype, copy=False) * scale, xp.astype(X, dtype, copy=False) * scale
-        centre = _sample_centre(Xs, sample, xp=xp)
+        centre = sample_centre(Xs, sample, xp=xp)
         Q_aug, X_aug, rq, rx = operands(
             xp.where(good_q[:, None], Qs, centre), xp.where(good_x[:, None], Xs, centre), centre, xp=xp
         )
@@ -387,7 +387,7 @@ class _Expansion:
     sample_upper: Any  # (1, sample)
 
 
-def _sample_centre(X: Any, sample: Any, *, xp: Any) -> Any:
+def sample_centre(X: Any, sample: Any, *, xp: Any) -> Any:
     """The expansion's centre: each column's median over the sample rows' finite entries (0 where none).
 
     Any centre gives the bound its form; the distances from the centre set its width. The column mean

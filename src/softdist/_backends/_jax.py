@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -195,7 +196,7 @@ def _jax_knn_mapped(Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: in
     nq, d = Q.shape
     tiles = -(-nq // tile_rows)
     padded = jnp.concatenate([Q, jnp.zeros((tiles * tile_rows - nq, d), dtype=Q.dtype)])  # rows ignored
-    finite = jnp.all(jnp.isfinite(Q)) & jnp.all(jnp.isfinite(X))
+    finite = jnp.all(jnp.isfinite(Q)) & jnp.all(jnp.isfinite(X))  # for the static path (one_tile)
 
     def one_tile(args: tuple[Any, Any]) -> tuple[Any, Any]:
         Qt, q0 = args
@@ -206,19 +207,21 @@ def _jax_knn_mapped(Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: in
 
     starts = jnp.arange(tiles) * tile_rows
     blocks = (jnp.reshape(padded, (tiles, tile_rows, d)), starts)
-    if dtype != jnp.float64 or not _config.KNN_JAX_FLOAT32_SCREEN or d == 0:
+    if not _config.KNN_JAX_FLOAT32_SCREEN or d == 0:
         dist, index = jax.lax.map(one_tile, blocks)
     else:
-        screen = _float32_screen_operands(Q, X, finite)
+        screen = _float32_screen_operands(Q, X, xp=xp)
+
+        def direct_tile(args: tuple[Any, Any]) -> tuple[Any, Any]:
+            return _direct_query_tile(*args, X, screen, nq=nq, k=k, exclude_self=exclude_self, xp=xp)
 
         def screened_tile(args: tuple[Any, Any]) -> tuple[Any, Any]:
             found, certified = _screened_query_tile(*args, X, screen, nq=nq, k=k, exclude_self=exclude_self,
                                                     tile_cols=tile_cols, xp=xp)  # fmt: skip
-            return jax.lax.cond(certified, lambda _: found, lambda _: one_tile(args), None)
+            return jax.lax.cond(certified, lambda _: found, lambda _: direct_tile(args), None)
 
-        dist, index = jax.lax.cond(
-            screen.usable, lambda b: jax.lax.map(screened_tile, b), lambda b: jax.lax.map(one_tile, b), blocks
-        )
+        dist, index = jax.lax.cond(screen.usable, lambda b: jax.lax.map(screened_tile, b),
+                                   lambda b: jax.lax.map(direct_tile, b), blocks)  # fmt: skip
     kept = dist.shape[-1]
     return jnp.reshape(dist, (-1, kept))[:nq], jnp.reshape(index, (-1, kept))[:nq]
 
@@ -274,48 +277,65 @@ def jax_query_tile_neighbours(
     return _first_by_rank(exact_d, best_i, min(k, best_i.shape[1]))
 
 
-# Why: at float64 the tile's float64 product and the float32 selection of its cast took about as long
-# each (5000 x 5000, d = 64). A float32 product of the centred, power-of-two-scaled data ranks the
-# references about twice as fast, the best few per query get exact distances (the double-float kernel),
-# and a certificate makes the answer exact: every reference left out has a float32 key at least a
-# per-query threshold L, hence an exact distance at least L less the float32 rounding bound, and the k-th
-# exact distance kept must lie strictly under that. A query tile that fails (ties or near-ties wider
-# than the bound, clustered data far from the centre) takes the float64 path above (lax.cond); data
-# with a NaN, an inf or a range float32 cannot hold skip the screen altogether. 5000 x 5000, d = 64,
-# k = 10, 2 loaded CPU cores, interleaved medians: 3.2-3.8x the float64 products -> 1.5-1.8x (eager and
-# jit).
+# Why: exactness and speed. Each query keeps the k + KNN_JAX_SCREEN_EXTRA references of smallest key, a
+# float32 product of the centred, power-of-two-scaled data, gets their exact distances (the double-float
+# kernel), and a certificate makes the answer exact: every reference left out has a key at least a
+# per-query threshold L, hence an exact distance at least L plus the query's norm less the float32
+# rounding bound, and the k-th exact distance kept must lie strictly under that. The bound is per pair
+# (the reference's share is folded into its key) and the centre is each column's median over a spread
+# sample, so a far reference widens only its own key's bound and does not move the centre. A query tile
+# that fails (ties or near-ties wider than the bound among more than the references kept, a far tight
+# cluster, a non-finite query, fewer than k finite distances) is ranked by direct differences, whose
+# error is relative to the distance itself, with a certificate of its own; where that fails too
+# (near-ties within its rounding among more than 2k references), by exact distances to every reference
+# (_direct_query_tile, _exact_query_tile). Data whose range the float32 key cannot hold go to the direct
+# differences at once. Ranked on the accurate expansion centred at the tile's column mean with no
+# certificate, as before, float32 JAX returned other than the nearest neighbours for a far tight
+# cluster's rows (a tenth of 300 rows at 500 +- 0.01: 100 of their 150 neighbours) and for most rows when
+# one row 1e6 times the others moved the mean. 5000 x 5000, d = 64, k = 10, float32, 2 loaded cores:
+# 0.35 s against 1.06 s before (compilation 11.6 s against 9.4 s); all rows equal 2.5 s, a tenth of the
+# rows at 500 +- 0.01 3.4 s (2.6 s and 2.7 s before, wrong indices). float64: the float32 product ranks
+# about twice as fast as a float64 one (interleaved medians: 3.2-3.8x the float64 products -> 1.5-1.8x,
+# eager and jit).
 @dataclasses.dataclass(frozen=True)
 class _Screen:
-    mean: Any  # (d,) float64 centre of Q and X
-    scale: Any  # () power of two: the largest scaled centred squared norm lies in [1, 4)
-    X32: Any  # (m, d) float32 scaled centred references
-    x_norms: Any  # (m,) float32 their squared norms (from float64)
-    err_per_norm: Any  # () float64: key error bound per unit of |q|^2 + max |x|^2 (scaled)
-    x_norm_max: Any  # () float64
+    centre: Any  # (d,) the working dtype's centre of the references (column medians of a sample)
+    scale: Any  # () power of two: every scaled centred entry lies under 1 / (2 sqrt(d))
+    X32: Any  # (m, d) float32 scaled centred references (0 for a non-finite row)
+    x_key: Any  # (m,) float32 |x|^2 (1 - beta) (scaled), +inf for a non-finite row: never kept
+    beta: Any  # () key error bound per unit of |q|^2 + |x|^2 (scaled), the working dtype
+    amax: Any  # () the largest centred entry (finite rows)
     usable: Any  # () bool
 
 
-def _float32_screen_operands(Q: Any, X: Any, finite: Any) -> _Screen:
+def _float32_screen_operands(Q: Any, X: Any, *, xp: Any) -> _Screen:
     import jax.numpy as jnp
 
-    d = Q.shape[1]
-    mean = (jnp.sum(Q, axis=0) + jnp.sum(X, axis=0)) / (Q.shape[0] + X.shape[0])
-    mean = jnp.where(finite, mean, 0.0)
-    Qc, Xc = Q - mean, X - mean
-    top = jnp.maximum(jnp.max(jnp.sum(Qc * Qc, axis=1)), jnp.max(jnp.sum(Xc * Xc, axis=1)))
-    # float64 exponents of the scale stay far from over/underflow; a zero spread screens nothing
-    usable = finite & (top < 2.0**900) & (top > 2.0**-900)
-    e = jnp.where(usable, jnp.floor(jnp.log2(jnp.where(usable, top, 1.0)) / 2), 0.0)
-    scale = jnp.ldexp(jnp.ones((), dtype=Q.dtype), -e.astype(jnp.int32))
+    m, d = X.shape
+    good_q, good_x = jnp.all(jnp.isfinite(Q), axis=1), jnp.all(jnp.isfinite(X), axis=1)
+    n_sample = max(min(_config.KNN_SAMPLE_COLUMNS, m // 16), min(m, 64))  # as the eager search's sample
+    sample = jnp.asarray(_neighbors.spread_sample(m, n_sample))
+    centre = _neighbors.sample_centre(X, sample, xp=xp)
+    Qc = jnp.where(good_q[:, None], Q - centre, 0.0)
+    Xc = jnp.where(good_x[:, None], X - centre, 0.0)
+    amax = jnp.maximum(jnp.max(jnp.abs(Qc)), jnp.max(jnp.abs(Xc))) if Q.shape[0] else jnp.max(jnp.abs(Xc))
+    # A power of two puts every scaled centred entry under 2**-h <= 1 / (2 sqrt(d)): no scaled square,
+    # norm or difference's square overflows (a sum of d of them is at most 1). The float32 key needs the
+    # scale's exponent far from float32's over/underflow (and float64's for float64 data: a zero spread
+    # screens nothing); otherwise every tile is ranked by direct differences.
+    lo, hi = (2.0**-450, 2.0**450) if Q.dtype == jnp.float64 else (2.0**-60, 2.0**60)
+    usable = (amax > lo) & (amax < hi)
+    scale = _power_of_two_under(amax, d)
     Xs = Xc * scale
-    x_norms = jnp.sum(Xs * Xs, axis=1)
     # |key - (|x|^2 - 2 q.x)| <= (d + 5) u (|q|^2 + |x|^2) (inputs, products and the float32 sum of d
-    # terms, the norm and the subtraction rounded, u = 2**-24); doubled for the float64 roundings and
-    # margin. Flushed subnormals (the scaled norms are <= 4) cost less than the 2**-60 added.
-    err = 2.0 * (d + 8) * 2.0**-24
-    return _Screen(mean=mean, scale=scale, X32=Xs.astype(jnp.float32), x_norms=x_norms.astype(jnp.float32),
-                   err_per_norm=jnp.asarray(err, dtype=Q.dtype), x_norm_max=jnp.max(x_norms),
-                   usable=usable)  # fmt: skip
+    # terms, the norm and the subtraction rounded, u = 2**-24); doubled, and one more u per term for the
+    # folding and the working dtype's roundings. Flushed subnormals (the scaled norms are <= 1, the
+    # largest entry above 2**-60 of 1) cost less than the 2**-60 added to the bound.
+    beta = 2.0 * (d + 9) * 2.0**-24
+    x_key = jnp.sum(Xs * Xs, axis=1) * (1.0 - beta)
+    return _Screen(centre=centre, scale=scale, X32=Xs.astype(jnp.float32),
+                   x_key=jnp.where(good_x, x_key, jnp.inf).astype(jnp.float32),
+                   beta=jnp.asarray(beta, dtype=Q.dtype), amax=amax, usable=usable)  # fmt: skip
 
 
 def _screened_query_tile(
@@ -329,14 +349,14 @@ def _screened_query_tile(
     m, tq = X.shape[0], Qt.shape[0]
     keep = min(k + _config.KNN_JAX_SCREEN_EXTRA, m)
     index_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)
-    Qs = (Qt - screen.mean) * screen.scale
+    Qs = (Qt - screen.centre) * screen.scale  # a non-finite query: NaN norm, never certified
     q_norms = jnp.sum(Qs * Qs, axis=1)
-    Q32 = Qs.astype(jnp.float32)
+    Q32 = jnp.where(jnp.isfinite(Qs), Qs, 0.0).astype(jnp.float32)
     lowest = jnp.full((tq,), jnp.inf, dtype=jnp.float32)  # a lower bound of every key left out
     best_k = best_i = None
     for j0 in range(0, m, tile_cols):
         j1 = min(j0 + tile_cols, m)
-        key = screen.x_norms[None, j0:j1] - 2.0 * jnp.matmul(Q32, screen.X32[j0:j1].T)
+        key = screen.x_key[None, j0:j1] - 2.0 * jnp.matmul(Q32, screen.X32[j0:j1].T)
         own = _neighbors.own_entries(tq, j1 - j0, q0, j0, xp=xp, dev=device(key)) if exclude_self else None
         if own is not None:
             key = jnp.where(own, jnp.inf, key)
@@ -357,18 +377,133 @@ def _screened_query_tile(
             found, index = -neg[:, :keep], jnp.take_along_axis(index, at[:, :keep], axis=1)
         best_k, best_i = found, index
     rows = jnp.broadcast_to(jnp.arange(tq)[:, None], best_i.shape).reshape(-1)
-    exact_d = _generic.exact_sqdist_rows(Qt[rows], X[best_i.reshape(-1)], xp=xp, finite=True)
+    exact_d = _generic.exact_sqdist_rows(Qt[rows], X[best_i.reshape(-1)], xp=xp)
     exact_d = exact_d.reshape(best_i.shape)
-    # keys of +inf: the query's own row (exclude_self) or padding, never among the k (k <= m - 1)
+    # keys of +inf: the query's own row (exclude_self), a non-finite reference or padding
     left_out = best_k == jnp.inf
     exact_d = jnp.where(left_out, jnp.nan, exact_d)
     best_i = jnp.where(left_out, jnp.asarray(_neighbors.OWN_ROW_INDEX, dtype=index_dtype), best_i)
     dist, index = _first_by_rank(exact_d, best_i, k)
-    bound = lowest.astype(jnp.float64) + q_norms - screen.err_per_norm * (q_norms + screen.x_norm_max)
-    bound = bound - 2.0**-60
+    bound = lowest.astype(Qt.dtype) + q_norms * (1.0 - screen.beta) - 2.0**-60
     padding = jnp.arange(tq) + q0 >= nq  # the last tile's zero rows: their answer is dropped
     certified = jnp.all(padding | (dist[:, k - 1] * (screen.scale * screen.scale) < bound))  # NaN: False
     return (dist, index), certified
+
+
+def _power_of_two_under(amax: Any, d: int) -> Any:
+    """2**-(e + h) for amax < 2**e and 2**-h <= 1 / (2 sqrt(d)) (amax's shape): entries up to amax, and
+    their differences, then have squares whose sum over d columns is at most 1. The exponent is clipped
+    to the dtype's range (0 and non-finite amax: h alone)."""
+    import jax.numpy as jnp
+
+    h = math.ceil(math.log2(max(d, 1)) / 2) + 1
+    top = jnp.finfo(amax.dtype).maxexp - h - 4
+    ok = (amax > 0) & jnp.isfinite(amax)
+    e = jnp.clip(jnp.floor(jnp.log2(jnp.where(ok, amax, 1.0))) + 1, -top, top)
+    return jnp.ldexp(jnp.ones_like(amax), -(e.astype(jnp.int32) + h))
+
+
+def _direct_query_tile(Qt: Any, q0: Any, X: Any, screen: _Screen, *, nq: int, k: int, exclude_self: bool,
+                       xp: Any) -> tuple[Any, Any]:  # fmt: skip
+    """The screen's fallback: the k best references of X for the queries Qt, ranked by direct differences.
+
+    Each query keeps the 2k references of smallest sum(((q - x) * s_q)^2) (s_q a power of two from the
+    query's largest centred entry, at least 2**-30 of the data's: no square overflows for references
+    within that range, nor flushes for differences above a 2**-60 of it), ties to the lower index, over
+    chunks of
+    references (lax.scan, KNN_JAX_DIRECT_ELEMENTS (query, reference, column) entries at a time); the kept
+    get exact distances and are ranked by (distance, index), NaN last. Its error is relative to the
+    distance itself, (d + 2) u, not to the norms as the expansion's: a far tight cluster is resolved.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    (m, d), tq = X.shape, Qt.shape[0]
+    index_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)
+    keep = min(2 * k, m)
+    width = min(m, max(keep, _config.KNN_JAX_DIRECT_ELEMENTS // max(tq * d, 1)))
+    chunks = -(-m // width)
+    Xp = jnp.concatenate([X, jnp.zeros((chunks * width - m, d), dtype=X.dtype)])
+    count = min(keep, width)
+    own_row = jnp.asarray(_neighbors.OWN_ROW_INDEX, dtype=index_dtype)
+    q_max = jnp.max(jnp.where(jnp.isfinite(Qt), jnp.abs(Qt - screen.centre), 0.0), axis=1)
+    scale = _power_of_two_under(jnp.maximum(q_max, screen.amax * 2.0**-30), d)[:, None, None]
+
+    def body(carry: tuple[Any, Any], j: Any) -> tuple[tuple[Any, Any], None]:
+        Xc = jax.lax.dynamic_slice_in_dim(Xp, j * width, width)
+        diff = (Qt[:, None, :] - Xc[None, :, :]) * scale
+        key = jnp.sum(diff * diff, axis=2)
+        index = jnp.broadcast_to((j * width + jnp.arange(width)).astype(index_dtype)[None, :], (tq, width))
+        skip = index >= m  # padding
+        if exclude_self:
+            skip = skip | (index == (jnp.arange(tq)[:, None] + q0).astype(index_dtype))
+        # inf ranks as the largest finite value and NaN as inf: inf before NaN; padding and the query's own
+        # row after every real reference (their index)
+        key = jnp.where(key == jnp.inf, jnp.finfo(key.dtype).max, key)
+        key = jnp.where(jnp.isnan(key) | skip, jnp.inf, key)
+        index = jnp.where(skip, own_row, index)
+        picked = _smallest_columns(key, count)
+        keys = jnp.concatenate([carry[0], jnp.take_along_axis(key, picked, axis=1)], axis=1)
+        index = jnp.concatenate([carry[1], jnp.take_along_axis(index, picked, axis=1)], axis=1)
+        return _first_by_rank(keys, index, keep), None
+
+    start = (jnp.full((tq, keep), jnp.inf, dtype=X.dtype), jnp.full((tq, keep), own_row, dtype=index_dtype))
+    (best_key, best_i), _ = jax.lax.scan(body, start, jnp.arange(chunks))
+    left_out = best_i == own_row
+    rows = jnp.broadcast_to(jnp.arange(tq)[:, None], best_i.shape).reshape(-1)
+    cols = jnp.where(left_out, 0, best_i).reshape(-1)
+    exact_d = _generic.exact_sqdist_rows(Qt[rows], X[cols], xp=xp).reshape(best_i.shape)
+    dist, index = _first_by_rank(jnp.where(left_out, jnp.nan, exact_d), best_i, k)
+    # Every reference left out has a key >= t, the largest kept (each chunk's and each merge's selection
+    # is exact), so an exact scaled distance >= (t - abs) / (1 + delta): the key's relative error is at
+    # most (d + 2) u, doubled, plus flushed squares. A kept key of 0 is an exact duplicate of the query
+    # (q - x = 0 exactly), and duplicates left out have higher indices: they lose the tie at 0.
+    finfo = jnp.finfo(X.dtype)
+    delta, flushed = (d + 3) * float(finfo.eps), 4.0 * d * float(finfo.smallest_normal)
+    t = jnp.max(best_key, axis=1)
+    at_k = dist[:, k - 1] * (scale[:, 0, 0] * scale[:, 0, 0])
+    padding = jnp.arange(tq) + q0 >= nq
+    certified = padding | (at_k < (t - flushed) / (1.0 + delta)) | ((t == 0.0) & (dist[:, k - 1] == 0.0))
+    return jax.lax.cond(jnp.all(certified), lambda _: (dist, index),
+                        lambda _: _exact_query_tile(Qt, q0, X, k=k, exclude_self=exclude_self, xp=xp),
+                        None)  # fmt: skip
+
+
+def _exact_query_tile(Qt: Any, q0: Any, X: Any, *, k: int, exclude_self: bool, xp: Any) -> tuple[Any, Any]:
+    """The last resort: exact distances to every reference (the double-float kernel, about 20 passes per
+    entry: slow), on chunks of references under lax.scan, each chunk's k + 1 best merged by (distance,
+    index), NaN last. Taken where more than 2k references lie within the direct differences' rounding
+    of a query's k-th distance."""
+    import jax
+    import jax.numpy as jnp
+
+    (m, d), tq = X.shape, Qt.shape[0]
+    index_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)
+    width = min(m, max(k + 1, _config.KNN_JAX_EXACT_ELEMENTS // max(tq * d, 1)))
+    chunks = -(-m // width)
+    Xp = jnp.concatenate([X, jnp.zeros((chunks * width - m, d), dtype=X.dtype)])
+    rows = jnp.repeat(jnp.arange(tq), width)
+    cols = jnp.tile(jnp.arange(width), tq)
+    count = min(k + 1, width)  # one more: the query's own row may take a place
+    own_row = jnp.asarray(_neighbors.OWN_ROW_INDEX, dtype=index_dtype)
+
+    def body(carry: tuple[Any, Any], j: Any) -> tuple[tuple[Any, Any], None]:
+        Xc = jax.lax.dynamic_slice_in_dim(Xp, j * width, width)
+        exact = _generic.exact_sqdist_rows(Qt[rows], Xc[cols], xp=xp).reshape(tq, width)
+        index = jnp.broadcast_to((j * width + jnp.arange(width)).astype(index_dtype)[None, :], (tq, width))
+        skip = index >= m  # padding
+        if exclude_self:
+            skip = skip | (index == (jnp.arange(tq)[:, None] + q0).astype(index_dtype))
+        exact = jnp.where(skip, jnp.nan, exact)
+        index = jnp.where(skip, own_row, index)
+        key = jnp.where(exact == jnp.inf, jnp.finfo(exact.dtype).max, exact)  # inf before NaN
+        picked = _smallest_columns(jnp.where(jnp.isnan(exact), jnp.inf, key), count)
+        dist = jnp.concatenate([carry[0], jnp.take_along_axis(exact, picked, axis=1)], axis=1)
+        index = jnp.concatenate([carry[1], jnp.take_along_axis(index, picked, axis=1)], axis=1)
+        return _first_by_rank(dist, index, k), None
+
+    start = (jnp.full((tq, k), jnp.nan, dtype=X.dtype), jnp.full((tq, k), own_row, dtype=index_dtype))
+    return jax.lax.scan(body, start, jnp.arange(chunks))[0]
 
 
 def _first_by_rank(dist: Any, index: Any, count: int) -> tuple[Any, Any]:
