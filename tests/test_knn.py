@@ -252,16 +252,21 @@ def _non_finite_rows(kind: str, rng: np.random.Generator, n: int, dtype: str) ->
         X[n - 3, 5] = np.nan
     elif kind == "all_overflow":  # every distance overflows to inf: ties at inf, by index
         X = X * (4 * big)
+    elif kind == "underflow":  # distances round to 0 or to subnormals: ties by index (break test)
+        X = X * np.sqrt(np.finfo(dtype).smallest_subnormal) * 4
     else:  # "some_overflow": distances on both sides of the overflow threshold
         X = X * (0.3 * big)
         X[: n // 10] *= 3.0
     return X
 
 
-@pytest.mark.parametrize("kind", ["nan_column", "inf_signs", "all_overflow", "some_overflow"])
+@pytest.mark.parametrize("kind", ["nan_column", "inf_signs", "all_overflow", "some_overflow", "underflow"])
 def test_non_finite_kth_distance(backend: Backend, float_dtype, kind, rng):
     """Queries whose k-th distance is NaN or inf get every reference's exact distance: NaN where a
-    difference is NaN (a NaN, inf - inf), inf where one is infinite or the sum overflows, by index."""
+    difference is NaN (a NaN, inf - inf), inf where one is infinite or the sum overflows, by index; and
+    distances that round to 0 or to subnormals tie by index."""
+    if kind == "underflow" and backend.library == "jax":
+        pytest.skip("XLA on the CPU flushes subnormal results to 0 (docs/numerics.md)")
     X = _non_finite_rows(kind, rng, 200, float_dtype)
     Q = np.concatenate([X[:30], X[-30:]])
     rtol = {"float32": 1e-5, "float64": 1e-12}[float_dtype]
@@ -277,6 +282,17 @@ def test_non_finite_kth_distance(backend: Backend, float_dtype, kind, rng):
         got_d, got_i = backend.to_numpy(dist), backend.to_numpy(index)
         np.testing.assert_allclose(got_d, want_d, rtol=rtol, atol=0)
         np.testing.assert_array_equal(got_i, want_i)
+
+
+def test_ties_at_large_scale(backend: Backend, rng):
+    """Grid data near 2**60 in 17-D (float32): JAX's certificates once formed scale**2, which XLA
+    flushes to 0, and passed other indices for exact ties (break test)."""
+    X = np.zeros((200, 17), np.float32)
+    X[:, 0] = rng.permutation(np.repeat(np.arange(20), 10)) * np.float32(2.0**56)
+    want_d, want_i = reference_knn(X, None, 12, True)
+    dist, index = backend.call(softdist.knn, backend.asarray(X), k=12)
+    np.testing.assert_array_equal(backend.to_numpy(index), want_i)
+    np.testing.assert_allclose(backend.to_numpy(dist), want_d, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["nan_column", "inf_signs", "all_overflow"])

@@ -243,6 +243,10 @@ def knn_pruned(
     finite = bool(xp.all(good_q)) and bool(xp.all(good_x))  # eager path: host reads
     scale = float(overflow_scale(X, Q, xp=xp, finite=finite))
     in_range = scale == 1.0  # magnitudes within a quarter of the threshold: no pair needs scaling down
+    # Distances under the dtype's smallest normal round with an absolute spacing: a reference that close
+    # to the k-th ties with it (float32 data x1e-30: every distance rounds to 0, ties by index; found by
+    # the break test), in the expansion's (scaled) units.
+    tie_floor = float(xp.finfo(Q.dtype).smallest_normal) * float(xp.finfo(Q.dtype).eps) * scale * scale
     index_dtype = default_dtype(xp, "indexing", device=dev)
     # At most a sixteenth of the references: the sample's product is extra work (Dask blocks are narrow).
     n_sample = max(2 * k, min(_config.KNN_SAMPLE_COLUMNS, m // 16))
@@ -335,7 +339,8 @@ def knn_pruned(
                                        kernel=exact_rows)  # fmt: skip
 
         pool = _Pool(q1 - q0, k, kth, ex.window[q0:q1], ex.upper, xp=xp, kth_smallest=kth_of, exact=exact,
-                     unscaled=in_range, rounding=float(xp.finfo(Q.dtype).eps))  # fmt: skip
+                     unscaled=in_range, rounding=float(xp.finfo(Q.dtype).eps),
+                     rounding_floor=tie_floor)  # fmt: skip
         sub_tile = screen(Qa, sub) if screen else screen_tiles(Qa, sub, xp=xp, flat_nonzero=flat_nonzero)
         for j0 in range(0, m, tile_cols):  # the bound tightens once per tile
             limit = pool.limit()[:, None]
@@ -442,10 +447,10 @@ class _Pool:
 
     def __init__(
         self, rows: int, k: int, kth: Any, window: Any, upper: Any, *, xp: Any, kth_smallest: KthSmallest,
-        exact: Callable[[Any, Any], Any], unscaled: bool, rounding: float,
+        exact: Callable[[Any, Any], Any], unscaled: bool, rounding: float, rounding_floor: float = 0.0,
     ) -> None:  # fmt: skip
         self.k, self.kth, self.window, self.xp, self.kth_smallest = k, kth, window, xp, kth_smallest
-        self.upper, self.rounding = upper, rounding
+        self.upper, self.rounding, self.rounding_floor = upper, rounding, rounding_floor
         self.exact, self.unscaled = exact, unscaled
         self.crowded = k + _config.KNN_POOL_RESOLVE_EXTRA
         self.rows = xp.arange(rows, device=device(kth))
@@ -459,7 +464,7 @@ class _Pool:
         xp = self.xp
         # + a relative eps of the result's dtype: a reference whose distance rounds to the k-th's ties
         # with it, and may lie that far above it (a float64 expansion's window is narrower than that)
-        bound = self.kth + self.window + self.rounding * xp.abs(self.kth)
+        bound = self.kth + self.window + self.rounding * xp.abs(self.kth) + self.rounding_floor
         above = self.exact_kth + 0.5 * self.window if self.unscaled else bound
         return xp.minimum(bound, xp.where(self.exact_kth == 0.0, -xp.inf, above))
 
@@ -575,9 +580,10 @@ def _fill_short_rows(
     largest = float(xp.max(xp.where(xp.isfinite(X), xp.abs(X), 0.0)))  # eager path: host reads
     largest = max(largest, float(xp.max(xp.where(xp.isfinite(Qt), xp.abs(Qt), 0.0))))
     overflow = None
+    X_finite = xp.where(xp.isfinite(X), X, 0.0)
     if 4.0 * d * largest * largest > float(finfo.max) and (d + 2) * float(finfo.eps) < 0.5:
         s = 2.0 ** -(math.frexp(largest)[1] + 1 + math.ceil(math.log2(d) / 2))
-        overflow = (s, 2.0 * float(finfo.max) * s * s / (1.0 - (d + 2) * float(finfo.eps)))
+        overflow = (s, float(finfo.max) * s * s * 2.0 / (1.0 - (d + 2) * float(finfo.eps)))  # no 2 max: inf
     cols = xp.arange(m, device=dev, dtype=index_dtype)
     batch = max(1, _config.KNN_SHORT_ROWS_ENTRIES // max(m * d, 1))
     d_parts, i_parts = [], []
@@ -591,7 +597,9 @@ def _fill_short_rows(
         dist = xp.where(nan, xp.asarray(xp.nan, dtype=X.dtype, device=dev), xp.inf)
         both = xp.take(good_q, rb)[:, None] & good_x[None, :]
         if overflow is not None:  # pairs whose distance certainly overflows are inf without the kernel
-            scaled = Qb[:, None, :] * overflow[0] - X[None, :, :] * overflow[0]
+            # (non-finite entries as 0: those pairs are not tested, and inf - inf would warn)
+            Qf = xp.where(xp.isfinite(Qb), Qb, 0.0)
+            scaled = Qf[:, None, :] * overflow[0] - X_finite[None, :, :] * overflow[0]
             both = both & (xp.sum(scaled * scaled, axis=2) < overflow[1])
         both = xp.reshape(both, (-1,))
         (pairs,) = xp.nonzero(both)

@@ -386,7 +386,11 @@ def _screened_query_tile(
     dist, index = _first_by_rank(exact_d, best_i, k)
     bound = lowest.astype(Qt.dtype) + q_norms * (1.0 - screen.beta) - 2.0**-60
     padding = jnp.arange(tq) + q0 >= nq  # the last tile's zero rows: their answer is dropped
-    certified = jnp.all(padding | (dist[:, k - 1] * (screen.scale * screen.scale) < bound))  # NaN: False
+    # NaN: False; a k-th distance under the smallest normal may tie, rounded, with one left out
+    clear = (dist[:, k - 1] * screen.scale * screen.scale < bound) & (  # scale**2 may flush: not formed
+        dist[:, k - 1] >= jnp.finfo(dist.dtype).smallest_normal
+    )
+    certified = jnp.all(padding | clear)
     return (dist, index), certified
 
 
@@ -461,9 +465,13 @@ def _direct_query_tile(Qt: Any, q0: Any, X: Any, screen: _Screen, *, nq: int, k:
     finfo = jnp.finfo(X.dtype)
     delta, flushed = (d + 3) * float(finfo.eps), 4.0 * d * float(finfo.smallest_normal)
     t = jnp.max(best_key, axis=1)
-    at_k = dist[:, k - 1] * (scale[:, 0, 0] * scale[:, 0, 0])
-    padding = jnp.arange(tq) + q0 >= nq
-    certified = padding | (at_k < (t - flushed) / (1.0 + delta)) | ((t == 0.0) & (dist[:, k - 1] == 0.0))
+    at_k = dist[:, k - 1] * scale[:, 0, 0] * scale[:, 0, 0]  # not scale * scale: XLA flushes subnormals
+    # A query with a NaN or inf has only NaN and inf distances, which the keys give exactly (NaN where a
+    # difference is NaN, else inf): ranked by (key, index), its answer is the exact one.
+    skip = (jnp.arange(tq) + q0 >= nq) | ~jnp.all(jnp.isfinite(Qt), axis=1)  # padding, non-finite queries
+    # (a k-th distance under the smallest normal may tie, rounded, with one left out: not certified)
+    clear = (at_k < (t - flushed) / (1.0 + delta)) & (dist[:, k - 1] >= finfo.smallest_normal)
+    certified = skip | clear | ((t == 0.0) & (dist[:, k - 1] == 0.0))
     return jax.lax.cond(jnp.all(certified), lambda _: (dist, index),
                         lambda _: _exact_query_tile(Qt, q0, X, k=k, exclude_self=exclude_self, xp=xp),
                         None)  # fmt: skip
