@@ -8,6 +8,7 @@ skip with a reason, never silently), ``float_dtype`` over float32 and float64. I
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,12 +24,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])
-def backend(request: pytest.FixtureRequest) -> Backend:
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     b: Backend = request.param
     reason = b.skip_reason()
     if reason is not None:
         pytest.skip(reason)
-    return b
+    # A test that monkeypatches may change what a compiled JAX function would trace: it starts and
+    # leaves with no compiled function cached (the jit backends' and softdist's eager JAX table).
+    patches = "monkeypatch" in request.fixturenames and b.library == "jax"
+    if patches:
+        _forget_compiled()
+    yield b
+    if patches:
+        _forget_compiled()
+
+
+def _forget_compiled() -> None:
+    from softdist._backends import _jax
+
+    Backend.clear_jit_cache()
+    _jax._JAX_COMPILED.clear()
 
 
 @pytest.fixture(params=["float32", "float64"])

@@ -27,13 +27,17 @@ KthSmallest = Callable[[Any, int], Any]
 OWN_ROW_INDEX = 2**31 - 1
 
 
+def rank_key(D: Any, *, xp: Any) -> Any:
+    """D with +inf as the largest finite value and NaN as +inf: a key that ranks an inf distance before a
+    NaN one for selections that know no NaN order."""
+    return xp.where(xp.isnan(D), xp.inf, xp.where(D == xp.inf, xp.finfo(D.dtype).max, D))
+
+
 def select_smallest(D: Any, count: int, *, xp: Any) -> Any:
     """Column indices of ``count`` smallest entries per row (unordered); NaN after +inf."""
     if count >= D.shape[1]:
         return xp.broadcast_to(xp.arange(D.shape[1], device=device(D))[None, :], D.shape)
-    # +inf as the largest finite value and NaN as +inf: an inf distance ranks before a NaN one
-    D = xp.where(xp.isnan(D), xp.inf, xp.where(D == xp.inf, xp.finfo(D.dtype).max, D))
-    return argpartition(D, count - 1, axis=1, xp=xp)[:, :count]
+    return argpartition(rank_key(D, xp=xp), count - 1, axis=1, xp=xp)[:, :count]
 
 
 def exact_sqdist(Q: Any, X: Any, columns: Any, *, xp: Any) -> Any:

@@ -196,18 +196,18 @@ def _jax_knn_mapped(Q: Any, X: Any, *, k: int, exclude_self: bool, tile_rows: in
     nq, d = Q.shape
     tiles = -(-nq // tile_rows)
     padded = jnp.concatenate([Q, jnp.zeros((tiles * tile_rows - nq, d), dtype=Q.dtype)])  # rows ignored
-    finite = jnp.all(jnp.isfinite(Q)) & jnp.all(jnp.isfinite(X))  # for the static path (one_tile)
-
-    def one_tile(args: tuple[Any, Any]) -> tuple[Any, Any]:
-        Qt, q0 = args
-        return jax_query_tile_neighbours(
-            Qt, X, q0, finite, k=k, exclude_self=exclude_self, tile_cols=tile_cols, xp=xp,
-            sqdist=functools.partial(sqdist, dtype=dtype, xp=xp),
-        )  # fmt: skip
-
     starts = jnp.arange(tiles) * tile_rows
     blocks = (jnp.reshape(padded, (tiles, tile_rows, d)), starts)
     if not _config.KNN_JAX_FLOAT32_SCREEN or d == 0:
+        finite = jnp.all(jnp.isfinite(Q)) & jnp.all(jnp.isfinite(X))
+
+        def one_tile(args: tuple[Any, Any]) -> tuple[Any, Any]:
+            Qt, q0 = args
+            return jax_query_tile_neighbours(
+                Qt, X, q0, finite, k=k, exclude_self=exclude_self, tile_cols=tile_cols, xp=xp,
+                sqdist=functools.partial(sqdist, dtype=dtype, xp=xp),
+            )  # fmt: skip
+
         dist, index = jax.lax.map(one_tile, blocks)
     else:
         screen = _float32_screen_operands(Q, X, xp=xp)
@@ -252,9 +252,7 @@ def jax_query_tile_neighbours(
         Xt = X[j0 : min(j0 + tile_cols, m), ...]
         D = sqdist(Qt, Xt)
         own = _neighbors.own_entries(tq, Xt.shape[0], q0, j0, xp=xp, dev=device(D)) if exclude_self else None
-        # inf ranks as the largest finite value and NaN as inf: an inf distance before a NaN one
-        D = jnp.where(D == jnp.inf, jnp.finfo(D.dtype).max, D)
-        D = jnp.where(jnp.isnan(D) if own is None else own | jnp.isnan(D), jnp.inf, D)  # NaN ranks last
+        D = _neighbors.rank_key(D if own is None else jnp.where(own, jnp.nan, D), xp=jnp)  # own row last
         columns = _smallest_columns(D, min(keep, Xt.shape[0]))
         dist = jnp.take_along_axis(D, columns, axis=1)
         index = columns.astype(index_dtype) + j0
@@ -414,46 +412,26 @@ def _direct_query_tile(Qt: Any, q0: Any, X: Any, screen: _Screen, *, nq: int, k:
     Each query keeps the 2k references of smallest sum(((q - x) * s_q)^2) (s_q a power of two from the
     query's largest centred entry, at least 2**-30 of the data's: no square overflows for references
     within that range, nor flushes for differences above a 2**-60 of it), ties to the lower index, over
-    chunks of
-    references (lax.scan, KNN_JAX_DIRECT_ELEMENTS (query, reference, column) entries at a time); the kept
-    get exact distances and are ranked by (distance, index), NaN last. Its error is relative to the
-    distance itself, (d + 2) u, not to the norms as the expansion's: a far tight cluster is resolved.
+    chunks of references (:func:`_scan_references`, KNN_JAX_DIRECT_ELEMENTS (query, reference, column)
+    entries at a time); the kept get exact distances and are ranked by (distance, index), NaN last. Its
+    error is relative to the distance itself, (d + 2) u, not to the norms as the expansion's: a far tight
+    cluster is resolved.
     """
     import jax
     import jax.numpy as jnp
 
     (m, d), tq = X.shape, Qt.shape[0]
-    index_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)
-    keep = min(2 * k, m)
-    width = min(m, max(keep, _config.KNN_JAX_DIRECT_ELEMENTS // max(tq * d, 1)))
-    chunks = -(-m // width)
-    Xp = jnp.concatenate([X, jnp.zeros((chunks * width - m, d), dtype=X.dtype)])
-    count = min(keep, width)
-    own_row = jnp.asarray(_neighbors.OWN_ROW_INDEX, dtype=index_dtype)
     q_max = jnp.max(jnp.where(jnp.isfinite(Qt), jnp.abs(Qt - screen.centre), 0.0), axis=1)
     scale = _power_of_two_under(jnp.maximum(q_max, screen.amax * 2.0**-30), d)[:, None, None]
 
-    def body(carry: tuple[Any, Any], j: Any) -> tuple[tuple[Any, Any], None]:
-        Xc = jax.lax.dynamic_slice_in_dim(Xp, j * width, width)
+    def scaled_sum(Xc: Any) -> Any:
         diff = (Qt[:, None, :] - Xc[None, :, :]) * scale
-        key = jnp.sum(diff * diff, axis=2)
-        index = jnp.broadcast_to((j * width + jnp.arange(width)).astype(index_dtype)[None, :], (tq, width))
-        skip = index >= m  # padding
-        if exclude_self:
-            skip = skip | (index == (jnp.arange(tq)[:, None] + q0).astype(index_dtype))
-        # inf ranks as the largest finite value and NaN as inf: inf before NaN; padding and the query's own
-        # row after every real reference (their index)
-        key = jnp.where(key == jnp.inf, jnp.finfo(key.dtype).max, key)
-        key = jnp.where(jnp.isnan(key) | skip, jnp.inf, key)
-        index = jnp.where(skip, own_row, index)
-        picked = _smallest_columns(key, count)
-        keys = jnp.concatenate([carry[0], jnp.take_along_axis(key, picked, axis=1)], axis=1)
-        index = jnp.concatenate([carry[1], jnp.take_along_axis(index, picked, axis=1)], axis=1)
-        return _first_by_rank(keys, index, keep), None
+        return jnp.sum(diff * diff, axis=2)
 
-    start = (jnp.full((tq, keep), jnp.inf, dtype=X.dtype), jnp.full((tq, keep), own_row, dtype=index_dtype))
-    (best_key, best_i), _ = jax.lax.scan(body, start, jnp.arange(chunks))
-    left_out = best_i == own_row
+    elements = _config.KNN_JAX_DIRECT_ELEMENTS
+    best_key, best_i = _scan_references(Qt, q0, X, scaled_sum, keep=min(2 * k, m), elements=elements,
+                                        exclude_self=exclude_self)  # fmt: skip
+    left_out = best_i == _neighbors.OWN_ROW_INDEX
     rows = jnp.broadcast_to(jnp.arange(tq)[:, None], best_i.shape).reshape(-1)
     cols = jnp.where(left_out, 0, best_i).reshape(-1)
     exact_d = _generic.exact_sqdist_rows(Qt[rows], X[cols], xp=xp).reshape(best_i.shape)
@@ -464,7 +442,7 @@ def _direct_query_tile(Qt: Any, q0: Any, X: Any, screen: _Screen, *, nq: int, k:
     # (q - x = 0 exactly), and duplicates left out have higher indices: they lose the tie at 0.
     finfo = jnp.finfo(X.dtype)
     delta, flushed = (d + 3) * float(finfo.eps), 4.0 * d * float(finfo.smallest_normal)
-    t = jnp.max(best_key, axis=1)
+    t = jnp.max(_neighbors.rank_key(best_key, xp=jnp), axis=1)  # inf where a NaN or a left-out is kept
     at_k = dist[:, k - 1] * scale[:, 0, 0] * scale[:, 0, 0]  # not scale * scale: XLA flushes subnormals
     # A query with a NaN or inf has only NaN and inf distances, which the keys give exactly (NaN where a
     # difference is NaN, else inf): ranked by (key, index), its answer is the exact one.
@@ -479,38 +457,54 @@ def _direct_query_tile(Qt: Any, q0: Any, X: Any, screen: _Screen, *, nq: int, k:
 
 def _exact_query_tile(Qt: Any, q0: Any, X: Any, *, k: int, exclude_self: bool, xp: Any) -> tuple[Any, Any]:
     """The last resort: exact distances to every reference (the double-float kernel, about 20 passes per
-    entry: slow), on chunks of references under lax.scan, each chunk's k + 1 best merged by (distance,
-    index), NaN last. Taken where more than 2k references lie within the direct differences' rounding
-    of a query's k-th distance."""
+    entry: slow), over chunks of references (:func:`_scan_references`), ranked by (distance, index), NaN
+    last. Taken where more than 2k references lie within the direct differences' rounding of a query's
+    k-th distance."""
+    import jax.numpy as jnp
+
+    tq = Qt.shape[0]
+
+    def exact(Xc: Any) -> Any:
+        width = Xc.shape[0]
+        rows, cols = jnp.repeat(jnp.arange(tq), width), jnp.tile(jnp.arange(width), tq)
+        return _generic.exact_sqdist_rows(Qt[rows], Xc[cols], xp=xp).reshape(tq, width)
+
+    return _scan_references(Qt, q0, X, exact, keep=k, elements=_config.KNN_JAX_EXACT_ELEMENTS,
+                            exclude_self=exclude_self)  # fmt: skip
+
+
+def _scan_references(Qt: Any, q0: Any, X: Any, value: Callable[[Any], Any], *, keep: int, elements: int,
+                     exclude_self: bool) -> tuple[Any, Any]:  # fmt: skip
+    """Each query's ``keep`` references of X (fewer where X has fewer rows) of smallest ``value(chunk)``
+    (a (queries, chunk rows) array) and their indices, by (value, index), NaN last: over chunks of
+    ``elements`` (query, reference, column) entries under lax.scan, each chunk's best merged into the
+    running list by :func:`_first_by_rank`. Padding rows and, with exclude_self, the query's own row
+    enter as NaN with index OWN_ROW_INDEX, after every real reference."""
     import jax
     import jax.numpy as jnp
 
     (m, d), tq = X.shape, Qt.shape[0]
     index_dtype = jax.dtypes.canonicalize_dtype(jnp.int64)
-    width = min(m, max(k + 1, _config.KNN_JAX_EXACT_ELEMENTS // max(tq * d, 1)))
+    width = min(m, max(keep, elements // max(tq * d, 1)))
     chunks = -(-m // width)
     Xp = jnp.concatenate([X, jnp.zeros((chunks * width - m, d), dtype=X.dtype)])
-    rows = jnp.repeat(jnp.arange(tq), width)
-    cols = jnp.tile(jnp.arange(width), tq)
-    count = min(k + 1, width)  # one more: the query's own row may take a place
+    count = min(keep + exclude_self, width)  # one more: the query's own row may take a place among ties
     own_row = jnp.asarray(_neighbors.OWN_ROW_INDEX, dtype=index_dtype)
 
     def body(carry: tuple[Any, Any], j: Any) -> tuple[tuple[Any, Any], None]:
         Xc = jax.lax.dynamic_slice_in_dim(Xp, j * width, width)
-        exact = _generic.exact_sqdist_rows(Qt[rows], Xc[cols], xp=xp).reshape(tq, width)
         index = jnp.broadcast_to((j * width + jnp.arange(width)).astype(index_dtype)[None, :], (tq, width))
         skip = index >= m  # padding
         if exclude_self:
             skip = skip | (index == (jnp.arange(tq)[:, None] + q0).astype(index_dtype))
-        exact = jnp.where(skip, jnp.nan, exact)
+        found = jnp.where(skip, jnp.nan, value(Xc))
         index = jnp.where(skip, own_row, index)
-        key = jnp.where(exact == jnp.inf, jnp.finfo(exact.dtype).max, exact)  # inf before NaN
-        picked = _smallest_columns(jnp.where(jnp.isnan(exact), jnp.inf, key), count)
-        dist = jnp.concatenate([carry[0], jnp.take_along_axis(exact, picked, axis=1)], axis=1)
+        picked = _smallest_columns(_neighbors.rank_key(found, xp=jnp), count)
+        found = jnp.concatenate([carry[0], jnp.take_along_axis(found, picked, axis=1)], axis=1)
         index = jnp.concatenate([carry[1], jnp.take_along_axis(index, picked, axis=1)], axis=1)
-        return _first_by_rank(dist, index, k), None
+        return _first_by_rank(found, index, keep), None
 
-    start = (jnp.full((tq, k), jnp.nan, dtype=X.dtype), jnp.full((tq, k), own_row, dtype=index_dtype))
+    start = (jnp.full((tq, keep), jnp.nan, dtype=X.dtype), jnp.full((tq, keep), own_row, dtype=index_dtype))
     return jax.lax.scan(body, start, jnp.arange(chunks))[0]
 
 

@@ -6,6 +6,7 @@ whose library is missing (or that needs a GPU that is absent) is still listed, w
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import math
@@ -42,6 +43,33 @@ def _cuda_available() -> bool:
 
         return bool(torch.cuda.is_available())
     return False
+
+
+# jax.jit of each (function, options) pair a JAX-jit backend has run, least recently used first: calls
+# with the same shapes reuse its compiled program, as a user's jitted step does (a new jax.jit per call
+# compiled every call anew: most of the JAX tests' time). ``Backend.clear_jit_cache`` empties it; the
+# ``backend``
+# fixture does, around every test that monkeypatches, so that no program compiled before a patch is used.
+_JITTED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+_JITTED_SIZE = 64
+
+
+def _jitted(func: Callable[..., Any], options: dict[str, Any]) -> Callable[..., Any]:
+    import functools
+
+    import jax
+
+    key = (func, tuple(sorted(options.items())))
+    try:
+        hash(key)
+    except TypeError:  # an array among the options: traced as a constant of a new function
+        return jax.jit(functools.partial(func, **options))
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(functools.partial(func, **options))
+        while len(_JITTED) > _JITTED_SIZE:
+            _JITTED.popitem(last=False)
+    _JITTED.move_to_end(key)
+    return _JITTED[key]
 
 
 @dataclass(frozen=True)
@@ -130,16 +158,20 @@ class Backend:
         return np.asarray(x)
 
     # -- running the function under test ------------------------------------------------------------
+    @staticmethod
+    def clear_jit_cache() -> None:
+        """Forget the JAX-jit backends' compiled functions (see ``call``)."""
+        _JITTED.clear()
+
     def call(self, func: Callable[..., Any], *arrays: Any, **options: Any) -> Any:
         """Run ``func(*arrays, **options)`` the way a user of this backend would.
 
-        JAX-jit backends trace the function with ``jax.jit`` (options static); Dask backends fail if
-        the function computes anything.
+        JAX-jit backends trace the function with ``jax.jit`` (options static), one jitted function per
+        (function, options) kept across calls, as a user's jitted step; Dask backends fail if the
+        function computes anything.
         """
         if self.jit:
-            import jax
-
-            return jax.jit(lambda *a: func(*a, **options))(*arrays)
+            return _jitted(func, options)(*arrays)
         with self.no_compute():
             return func(*arrays, **options)
 
