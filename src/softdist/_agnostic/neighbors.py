@@ -583,11 +583,11 @@ def _fill_short_rows(
     finfo = xp.finfo(X.dtype)
     largest = float(xp.max(xp.where(xp.isfinite(X), xp.abs(X), 0.0)))  # eager path: host reads
     largest = max(largest, float(xp.max(xp.where(xp.isfinite(Qt), xp.abs(Qt), 0.0))))
-    overflow = None
-    X_finite = xp.where(xp.isfinite(X), X, 0.0)
+    overflow = X_finite = None
     if 4.0 * d * largest * largest > float(finfo.max) and (d + 2) * float(finfo.eps) < 0.5:
         s = 2.0 ** -(math.frexp(largest)[1] + 1 + math.ceil(math.log2(d) / 2))
         overflow = (s, float(finfo.max) * s * s * 2.0 / (1.0 - (d + 2) * float(finfo.eps)))  # no 2 max: inf
+        X_finite = xp.where(xp.isfinite(X), X, 0.0)  # only the overflow test reads it
     cols = xp.arange(m, device=dev, dtype=index_dtype)
     batch = max(1, _config.KNN_SHORT_ROWS_ENTRIES // max(m * d, 1))
     d_parts, i_parts = [], []

@@ -48,8 +48,8 @@ def _cuda_available() -> bool:
 # jax.jit of each (function, options) pair a JAX-jit backend has run, least recently used first: calls
 # with the same shapes reuse its compiled program, as a user's jitted step does (a new jax.jit per call
 # compiled every call anew: most of the JAX tests' time). ``Backend.clear_jit_cache`` empties it; the
-# ``backend``
-# fixture does, around every test that monkeypatches, so that no program compiled before a patch is used.
+# ``backend`` fixture does, around every test that monkeypatches, so that no program compiled before a
+# patch is used.
 _JITTED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 _JITTED_SIZE = 64
 
