@@ -12,6 +12,9 @@ case each) contributes the rows of all of them. The dtypes that follow say which
 tables are `softdist bench`'s own summary (``softdist._bench._report.summary``, the same code that writes
 summary.md: the largest size measured of each case and backend), preceded by a line saying which runs
 they come from. A folder without results gives a line saying so, and fills in once results are there.
+``<!-- bench:start cpu/knn knn_cells -->`` instead writes the kNN cells of issue 15 (``KNN_CELLS``): each
+the ratio of two rows' times in that kNN run (softdist against a peer, a backend against NumPy, sorted
+input against shuffled), per dtype.
 
     python benchmarks/readme_tables.py           # rewrite the files
     python benchmarks/readme_tables.py --check   # exit 1 if a file differs from what would be written
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 FILES = (ROOT / "README.md", ROOT / "docs" / "performance.md")
 BLOCK = re.compile(
-    r"(<!-- bench:start ([\w-]+)((?: [\w]+)+) -->\n)(.*?)(<!-- bench:end -->)",
+    r"(<!-- bench:start ([\w/-]+)((?: [\w]+)+) -->\n)(.*?)(<!-- bench:end -->)",
     re.DOTALL,
 )
 
@@ -58,10 +61,13 @@ def caption(runs: list[tuple[str, dict]]) -> str:
     else:
         stopped = " (stopped at its time limit)"
         each = "; ".join(
-            f"`{path}`: `{run['meta']['command']}`" + (stopped if run["meta"].get("interrupted") else "")
+            f"`{path}` ({run['meta']['date'][:10]}): `{run['meta']['command']}`"
+            + (stopped if run["meta"].get("interrupted") else "")
             for path, run in runs
         )
-        source = f"{len(runs)} runs under `benchmarks/results/`, {meta['date'][:10]}, {where}. {each}."
+        dates = sorted({run["meta"]["date"][:10] for _, run in runs})
+        when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+        source = f"{len(runs)} runs under `benchmarks/results/`, {when}, {where}. {each}."
     notes = " ".join(f"Note: {run['meta']['note']}" for _, run in runs if run["meta"].get("note"))
     legend = (
         "The largest size of each case measured; ms is the median time, × bound the ratio to the "
@@ -82,12 +88,79 @@ def tables(source: str, dtypes: list[str]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+# The kNN cells of issue 15, each the ratio of two rows' median times in one kNN run: (what, goal,
+# numerator, denominator), each row named by (size, backend, method), "bound" for the backend's bound
+# row; one column per dtype ("—" where a row is missing, e.g. faiss in float64). "*": rows of different
+# backends, timed minutes apart.
+KNN, BOUND, SORTED = "softdist.knn", "bound", "softdist.knn, the same points sorted along x"
+SKLEARN, FAISS = "sklearn NearestNeighbors(brute)", "faiss IndexFlatL2"
+LARGE, LOW, SMALL = "50000 × 50000 × 64", "50000 × 50000 × 3", "5000 × 5000 × 64"
+KNN_CELLS = [
+    ("NumPy ÷ scikit-learn brute", "≤ 1.0", (LARGE, "numpy", KNN), (LARGE, "numpy", SKLEARN)),
+    ("NumPy ÷ faiss `IndexFlatL2`", "≤ 1.0", (LARGE, "numpy", KNN), (LARGE, "numpy", FAISS)),
+    ("NumPy ÷ scikit-learn brute, 3-D", "≤ 1.0", (LOW, "numpy", KNN), (LOW, "numpy", SKLEARN)),
+    ("NumPy, 3-D sorted along x ÷ shuffled", "≤ 1.3", (LOW, "numpy", SORTED), (LOW, "numpy", KNN)),
+    (
+        "torch CPU, 3-D sorted along x ÷ shuffled",
+        "≤ 1.3",
+        (LOW, "torch-cpu", SORTED),
+        (LOW, "torch-cpu", KNN),
+    ),
+    ("torch CPU ÷ NumPy *", "≤ 1.0", (LARGE, "torch-cpu", KNN), (LARGE, "numpy", KNN)),
+    (
+        "Dask (threaded scheduler, 8 row chunks) ÷ NumPy *",
+        "≤ 1.3",
+        (LARGE, "dask", KNN),
+        (LARGE, "numpy", KNN),
+    ),
+    ("JAX eager ÷ its bound, 5000²", "≤ 3 (float64)", (SMALL, "jax-cpu", KNN), (SMALL, "jax-cpu", BOUND)),
+    (
+        "JAX jit ÷ its bound, 5000²",
+        "≤ 3 (float64)",
+        (SMALL, "jax-jit-cpu", KNN),
+        (SMALL, "jax-jit-cpu", BOUND),
+    ),
+]
+
+
+def knn_cells(source: str) -> str:
+    """The table of KNN_CELLS from the kNN run under ``source`` (a folder holding bench.json)."""
+    runs = _runs(source)
+    if not runs:
+        return f"No committed run in `benchmarks/results/{source}/` yet.\n"
+    path, run = runs[0]
+    seconds = {}
+    for r in run["rows"]:
+        method = BOUND if r["role"] == "bound" else r["method"]
+        seconds[(r["size_label"], r["backend"], method, r["dtype"])] = r["seconds"]
+
+    def ratio(top: tuple[str, str, str], bottom: tuple[str, str, str], dtype: str) -> str:
+        a, b = seconds.get((*top, dtype)), seconds.get((*bottom, dtype))
+        return "—" if a is None or b is None else f"{a / b:.2f}"
+
+    lines = [
+        f"Ratios of median times in `benchmarks/results/{path}` ({run['meta']['date'][:10]}), "
+        f"{LARGE} unless said, k = 10. Each ratio's two rows were timed interleaved, except those marked "
+        "*, whose backends ran minutes apart (the machine's speed drifts between them).",
+        "",
+        "| cell | goal | float32 | float64 |",
+        "|---|---|---:|---:|",
+    ]
+    for what, goal, top, bottom in KNN_CELLS:
+        lines.append(
+            f"| {what} | {goal} | {ratio(top, bottom, 'float32')} | {ratio(top, bottom, 'float64')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render(text: str) -> str:
     """``text`` with every marked block regenerated."""
 
     def block(match: re.Match[str]) -> str:
         start, source, dtypes, _, end = match.groups()
-        return f"{start}\n{tables(source, dtypes.split())}\n{end}"
+        words = dtypes.split()
+        body = knn_cells(source) if words == ["knn_cells"] else tables(source, words)
+        return f"{start}\n{body}\n{end}"
 
     return BLOCK.sub(block, text)
 

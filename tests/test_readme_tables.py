@@ -67,3 +67,22 @@ def test_runs_of_one_case_each_are_combined(tables, tmp_path, monkeypatch):
     text = tables.tables("gpu", ["float32"])
     assert "2 runs under" in text and "`gpu/knn/bench.json`" in text
     assert "| knn |" in text and "| softmax_loss |" in text and "| pairwise_sqdist |" not in text
+
+
+def test_knn_cells_are_ratios_of_the_committed_rows(tables):
+    """Each kNN cell is the quotient of the two named rows' seconds in the committed run, per dtype."""
+    run = json.loads((tables.RESULTS / "cpu" / "knn" / "bench.json").read_text())
+    seconds = {(r["size_label"], r["backend"], r["method"], r["dtype"]): r["seconds"] for r in run["rows"]}
+    text = tables.knn_cells("cpu/knn")
+    numpy_large = seconds[("50000 × 50000 × 64", "numpy", "softdist.knn", "float32")]
+    sklearn_large = seconds[("50000 × 50000 × 64", "numpy", "sklearn NearestNeighbors(brute)", "float32")]
+    torch_large = seconds[("50000 × 50000 × 64", "torch-cpu", "softdist.knn", "float64")]
+    numpy_large64 = seconds[("50000 × 50000 × 64", "numpy", "softdist.knn", "float64")]
+    row = next(line for line in text.splitlines() if line.startswith("| NumPy ÷ scikit-learn brute |"))
+    assert row.split("|")[3].strip() == f"{numpy_large / sklearn_large:.2f}"
+    row = next(line for line in text.splitlines() if line.startswith("| torch CPU ÷ NumPy"))
+    assert row.split("|")[4].strip() == f"{torch_large / numpy_large64:.2f}"
+    row = next(line for line in text.splitlines() if line.startswith("| NumPy ÷ faiss"))
+    assert row.split("|")[4].strip() == "—"  # faiss runs float32 only
+    assert len([line for line in text.splitlines() if line.startswith("| ")]) == len(tables.KNN_CELLS) + 1
+    assert "No committed run" in tables.knn_cells("no-such-folder")

@@ -49,7 +49,10 @@ def _cuda_available() -> bool:
 # with the same shapes reuse its compiled program, as a user's jitted step does (a new jax.jit per call
 # compiled every call anew: most of the JAX tests' time). ``Backend.clear_jit_cache`` empties it; the
 # ``backend`` fixture does, around every test that monkeypatches, so that no program compiled before a
-# patch is used.
+# patch is used. It is deliberately not softdist's own eager table (``_backends._jax.jax_compiled``):
+# this backend stands for a user's own ``jax.jit`` around softdist, one jitted function whose shapes JAX
+# caches, and the eager table is what the other JAX backend tests (keyed per argument signature, sized
+# by ``_config``, patched by its own tests).
 _JITTED: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 _JITTED_SIZE = 64
 
