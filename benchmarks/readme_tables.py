@@ -88,35 +88,39 @@ def tables(source: str, dtypes: list[str]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-# The kNN cells of issue 15, each the ratio of two rows' median times in one kNN run: (what, goal,
-# numerator, denominator), each row named by (size, backend, method), "bound" for the backend's bound
-# row; one column per dtype ("—" where a row is missing, e.g. faiss in float64). "*": rows of different
-# backends, timed minutes apart.
+# The kNN cells of issue 15, each the ratio of two rows' median times in one kNN run: (what, goal, the
+# dtypes the goal is for, numerator, denominator), each row named by (size, backend, method), "bound"
+# for the backend's bound row; one column per dtype ("—" where a row is missing, e.g. faiss in float64),
+# marked ✓ or ✗ against the goal where it applies. "*": rows of different backends, timed minutes apart.
 KNN, BOUND, SORTED = "softdist.knn", "bound", "softdist.knn, the same points sorted along x"
 SKLEARN, FAISS = "sklearn NearestNeighbors(brute)", "faiss IndexFlatL2"
 LARGE, LOW, SMALL = "50000 × 50000 × 64", "50000 × 50000 × 3", "5000 × 5000 × 64"
+BOTH = ("float32", "float64")
 KNN_CELLS = [
-    ("NumPy ÷ scikit-learn brute", "≤ 1.0", (LARGE, "numpy", KNN), (LARGE, "numpy", SKLEARN)),
-    ("NumPy ÷ faiss `IndexFlatL2`", "≤ 1.0", (LARGE, "numpy", KNN), (LARGE, "numpy", FAISS)),
-    ("NumPy ÷ scikit-learn brute, 3-D", "≤ 1.0", (LOW, "numpy", KNN), (LOW, "numpy", SKLEARN)),
-    ("NumPy, 3-D sorted along x ÷ shuffled", "≤ 1.3", (LOW, "numpy", SORTED), (LOW, "numpy", KNN)),
+    ("NumPy ÷ scikit-learn brute", 1.0, BOTH, (LARGE, "numpy", KNN), (LARGE, "numpy", SKLEARN)),
+    ("NumPy ÷ faiss `IndexFlatL2`", 1.0, BOTH, (LARGE, "numpy", KNN), (LARGE, "numpy", FAISS)),
+    ("NumPy ÷ scikit-learn brute, 3-D", 1.0, BOTH, (LOW, "numpy", KNN), (LOW, "numpy", SKLEARN)),
+    ("NumPy, 3-D sorted along x ÷ shuffled", 1.3, BOTH, (LOW, "numpy", SORTED), (LOW, "numpy", KNN)),
     (
         "torch CPU, 3-D sorted along x ÷ shuffled",
-        "≤ 1.3",
+        1.3,
+        BOTH,
         (LOW, "torch-cpu", SORTED),
         (LOW, "torch-cpu", KNN),
     ),
-    ("torch CPU ÷ NumPy *", "≤ 1.0", (LARGE, "torch-cpu", KNN), (LARGE, "numpy", KNN)),
+    ("torch CPU ÷ NumPy *", 1.0, BOTH, (LARGE, "torch-cpu", KNN), (LARGE, "numpy", KNN)),
     (
         "Dask (threaded scheduler, 8 row chunks) ÷ NumPy *",
-        "≤ 1.3",
+        1.3,
+        BOTH,
         (LARGE, "dask", KNN),
         (LARGE, "numpy", KNN),
     ),
-    ("JAX eager ÷ its bound, 5000²", "≤ 3 (float64)", (SMALL, "jax-cpu", KNN), (SMALL, "jax-cpu", BOUND)),
+    ("JAX eager ÷ its bound, 5000²", 3.0, ("float64",), (SMALL, "jax-cpu", KNN), (SMALL, "jax-cpu", BOUND)),
     (
         "JAX jit ÷ its bound, 5000²",
-        "≤ 3 (float64)",
+        3.0,
+        ("float64",),
         (SMALL, "jax-jit-cpu", KNN),
         (SMALL, "jax-jit-cpu", BOUND),
     ),
@@ -134,22 +138,29 @@ def knn_cells(source: str) -> str:
         method = BOUND if r["role"] == "bound" else r["method"]
         seconds[(r["size_label"], r["backend"], method, r["dtype"])] = r["seconds"]
 
-    def ratio(top: tuple[str, str, str], bottom: tuple[str, str, str], dtype: str) -> str:
+    def cell(
+        goal: float, dtypes: tuple[str, ...], top: tuple[str, ...], bottom: tuple[str, ...], dtype: str
+    ) -> str:
         a, b = seconds.get((*top, dtype)), seconds.get((*bottom, dtype))
-        return "—" if a is None or b is None else f"{a / b:.2f}"
+        if a is None or b is None:
+            return "—"
+        mark = (" ✓" if a / b <= goal else " ✗") if dtype in dtypes else ""
+        return f"{a / b:.2f}{mark}"
 
     lines = [
         f"Ratios of median times in `benchmarks/results/{path}` ({run['meta']['date'][:10]}), "
-        f"{LARGE} unless said, k = 10. Each ratio's two rows were timed interleaved, except those marked "
-        "*, whose backends ran minutes apart (the machine's speed drifts between them).",
+        f"{LARGE} unless said, k = 10; ✓ / ✗ against the issue's goal. Each ratio's two rows ran "
+        "interleaved in one group, except those marked *, whose backends ran minutes apart (the machine's "
+        "speed drifts between them); calls over a second ran once (`bench.md` gives each row's repeats)."
+        + (f" Note: {run['meta']['note']}" if run["meta"].get("note") else ""),
         "",
         "| cell | goal | float32 | float64 |",
         "|---|---|---:|---:|",
     ]
-    for what, goal, top, bottom in KNN_CELLS:
-        lines.append(
-            f"| {what} | {goal} | {ratio(top, bottom, 'float32')} | {ratio(top, bottom, 'float64')} |"
-        )
+    for what, goal, dtypes, top, bottom in KNN_CELLS:
+        goal_text = f"≤ {goal:.1f}" + ("" if dtypes == BOTH else f" ({', '.join(dtypes)})")
+        f32, f64 = (cell(goal, dtypes, top, bottom, dtype) for dtype in BOTH)
+        lines.append(f"| {what} | {goal_text} | {f32} | {f64} |")
     return "\n".join(lines) + "\n"
 
 

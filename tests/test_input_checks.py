@@ -184,7 +184,7 @@ def test_exclude_self_must_be_a_bool(backend: Backend):
 def test_working_memory_must_be_a_positive_int(backend: Backend):
     X = backend.asarray(np.zeros((4, 2)))
     for value in (True, False, 0, -5, 1.5, "64MB"):
-        with pytest.raises(ValueError, match="working_memory must be a positive number of bytes"):
+        with pytest.raises(ValueError, match=r"working_memory must be a positive int \(bytes\)"):
             softdist.knn(X, k=1, working_memory=value)
 
 

@@ -194,7 +194,8 @@ def _bench_options(bench_p: argparse.ArgumentParser) -> None:
     bench_p.add_argument("--device", action="append", choices=["cpu", "cuda", "gpu"],
                          help="only backends on these devices (repeatable; gpu = cuda)")  # fmt: skip
     bench_p.add_argument("--dtype", choices=["float32", "float64"], action="append")
-    bench_p.add_argument("--quick", action="store_true", help="small sizes, short timing (< 3 min on 2 CPUs)")
+    bench_p.add_argument("--quick", action="store_true",
+                         help="small sizes, short timing (~11 min on 2 slow CPUs)")  # fmt: skip
     bench_p.add_argument("--out", type=Path, default=Path("bench-results"),
                          help="results folder (default: ./bench-results)")  # fmt: skip
     bench_p.add_argument("--no-plots", action="store_true", help="tables only")

@@ -88,7 +88,9 @@ def knn(
         Row indices into X, in the namespace's default index dtype. Both sorted by (distance, index):
         ties go to the lower index, identically on the eager CPU backends, JAX and Dask; inf distances come
         after the finite ones and NaN distances last. On GPUs, exact ties among more than the 2k best
-        candidates may come back with other indices at the same distance (Notes). Dask input
+        candidates may come back with other indices at the same distance (Notes). float16 and bfloat16
+        are ranked by their float32 distances, then rounded: two neighbours whose distances differ in
+        float32 but round to one float16 value keep their float32 order, not index order. Dask input
         gives lazy Dask arrays.
 
     Raises
@@ -203,7 +205,7 @@ def knn(
         or isinstance(working_memory, bool)
         or working_memory < 1
     ):
-        raise ValueError(f"working_memory must be a positive number of bytes; got {working_memory!r}")
+        raise ValueError(f"working_memory must be a positive int (bytes); got {working_memory!r}")
     dtype = float_dtype_of({"Q": Q, "X": X}, xp)
     check_distance_dtype({"Q": Q, "X": X}, dtype, "knn", xp)
     work = working_dtype(dtype, xp)
